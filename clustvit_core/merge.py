@@ -1,0 +1,155 @@
+"""ClustViT token merging and regeneration as small pure tensor functions.
+
+Layout conventions (patch tokens only; the CLS token never takes part):
+    x            [B, N, D]  patch tokens in raster order, N = h * w
+    cluster_ids  [B, N]     long, 0 = keep the token as it is, 1..k = member of cluster j
+    reduced      [B, L, D]  kept tokens (raster order) followed by one mean per non-empty cluster,
+                            right-padded to the longest sequence in the batch
+
+Everything is computed from one `MergePlan`, so the same decision is reused to merge features and
+to put the processed tokens back. No Python loop runs over tokens or images.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class MergePlan(NamedTuple):
+    """Which token goes where when merging, and back when regenerating.
+
+    The "slot space" of one image is N patch slots, then k cluster slots, then one padding slot:
+    slot n < N is patch token n, slot N + j is the representative of cluster j + 1, slot N + k
+    is the padding slot (a zero vector that is never attended).
+    """
+
+    cluster_ids: Tensor  # [B, N] long, 0 = kept, 1..k = cluster
+    slots: Tensor  # [B, L] long, source slot of each position of the reduced sequence
+    valid: Tensor  # [B, L] bool, False on padding
+    counts: Tensor  # [B, k] long, members per cluster (0 = empty cluster, dropped from the sequence)
+    tokens: Tensor  # [B] long, reduced sequence length per image = kept + non-empty clusters
+    k: int
+    padded: bool  # some image is shorter than L, so attention needs a key mask
+
+
+def assign_clusters(cluster_logits: Tensor, keep_bias: float = 0.0) -> Tensor:
+    """Hard assignment from cluster logits.
+
+    Args:
+        cluster_logits: [B, N, k + 1]; column 0 is "keep as is".
+        keep_bias: added to the keep logit before the argmax; > 0 merges fewer tokens.
+    Returns:
+        [B, N] long cluster ids, 0 = kept.
+    """
+    if keep_bias:
+        bias = torch.zeros(cluster_logits.shape[-1], dtype=cluster_logits.dtype, device=cluster_logits.device)
+        bias[0] = keep_bias
+        cluster_logits = cluster_logits + bias
+    return cluster_logits.argmax(dim=-1)
+
+
+def plan_merge(cluster_ids: Tensor, k: int) -> MergePlan:
+    """Plan the reduced sequence of every image.
+
+    Args:
+        cluster_ids: [B, N] long in 0..k.
+        k: number of clusters.
+    Returns:
+        MergePlan. Its length L = max tokens over the batch is read on the host once (the sequence
+        length decides tensor shapes, so this is the one unavoidable device sync).
+    """
+    B, N = cluster_ids.shape
+    ones = torch.ones_like(cluster_ids)
+    counts = torch.zeros(B, k + 1, dtype=torch.long, device=cluster_ids.device).scatter_add_(1, cluster_ids, ones)
+    counts = counts[:, 1:]
+    present = torch.cat([cluster_ids == 0, counts > 0], dim=1)  # [B, N + k]
+    tokens = present.sum(dim=1)
+    shortest, length = (int(v) for v in torch.aminmax(tokens))
+    # A stable sort of "absent" flags lists the present slots first, each group in slot order.
+    order = torch.argsort((~present).to(torch.uint8), dim=1, stable=True)[:, :length]
+    valid = torch.arange(length, device=cluster_ids.device) < tokens[:, None]
+    slots = torch.where(valid, order, torch.full_like(order, N + k))
+    return MergePlan(cluster_ids, slots, valid, counts, tokens, k, shortest < length)
+
+
+def cluster_means(x: Tensor, plan: MergePlan) -> Tensor:
+    """Plain mean of the member tokens of every cluster.
+
+    Args:
+        x: [B, N, D] patch tokens.
+    Returns:
+        [B, k, D]; zero for an empty cluster.
+    """
+    B, N, D = x.shape
+    sums = x.new_zeros(B, plan.k + 1, D).scatter_add(1, plan.cluster_ids[..., None].expand(-1, -1, D), x)
+    return sums[:, 1:] / plan.counts.clamp(min=1)[..., None].to(x.dtype)
+
+
+def merge_tokens(x: Tensor, plan: MergePlan) -> Tensor:
+    """Reduce patch tokens to [kept tokens, cluster means] (gradient flows through the means).
+
+    Args:
+        x: [B, N, D] patch tokens.
+    Returns:
+        [B, L, D] reduced tokens; padding rows are zero and must be masked (`plan.valid`).
+    """
+    B, N, D = x.shape
+    pool = torch.cat([x, cluster_means(x, plan), x.new_zeros(B, 1, D)], dim=1)  # [B, N + k + 1, D]
+    return pool.gather(1, plan.slots[..., None].expand(-1, -1, D))
+
+
+def unmerge_tokens(y: Tensor, plan: MergePlan) -> tuple[Tensor, Tensor]:
+    """Put processed reduced tokens back into slot space.
+
+    Args:
+        y: [B, L, D] processed reduced tokens.
+    Returns:
+        grid: [B, N, D] kept tokens at their grid positions, zero at clustered positions;
+        representatives: [B, k, D] processed cluster tokens (zero for empty clusters).
+    """
+    B, L, D = y.shape
+    N = plan.cluster_ids.shape[1]
+    # Valid slots are unique, so adding into zeros writes them; all padding lands in the padding slot.
+    pool = y.new_zeros(B, N + plan.k + 1, D).scatter_add(1, plan.slots[..., None].expand(-1, -1, D), y)
+    return pool[:, :N], pool[:, N:N + plan.k]
+
+
+RegenerateFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+"""(own [M, D], representatives [B, k, D], batch_index [M], cluster_index [M]) -> [M, D]"""
+
+
+def regenerate(y: Tensor, x_ip: Tensor, plan: MergePlan, expand: RegenerateFn) -> Tensor:
+    """Restore every patch token after the reduced blocks.
+
+    Kept tokens go back to their grid positions; each clustered position gets
+    expand(its own token at the injection point, its cluster's processed representative).
+
+    Args:
+        y: [B, L, D] processed reduced tokens.
+        x_ip: [B, N, D] patch tokens as they were when merged.
+        expand: the regenerator (see RegenerateFn).
+    Returns:
+        [B, N, D] patch tokens.
+    """
+    grid, representatives = unmerge_tokens(y, plan)
+    batch_index, token_index = (plan.cluster_ids > 0).nonzero(as_tuple=True)
+    if batch_index.numel() == 0:
+        return grid
+    cluster_index = plan.cluster_ids[batch_index, token_index] - 1
+    restored = expand(x_ip[batch_index, token_index], representatives, batch_index, cluster_index)
+    return grid.index_put((batch_index, token_index), restored.to(grid.dtype))
+
+
+def attention_mask(plan: MergePlan, prefix: int = 1) -> Tensor | None:
+    """Boolean key mask for scaled_dot_product_attention, or None when nothing is padded.
+
+    Returns:
+        [B, 1, 1, prefix + L] with True = may be attended (the prefix is the CLS token).
+    """
+    if not plan.padded:
+        return None
+    B = plan.valid.shape[0]
+    keep = torch.cat([plan.valid.new_ones(B, prefix), plan.valid], dim=1)
+    return keep[:, None, None, :]

@@ -1,0 +1,323 @@
+"""The ClustViT model: a plain ViT (timm blocks) with a Cluster module and a Regenerator, plus a head.
+
+With `k=None` the very same class is the plain ViT baseline: every other line is shared, and its
+state dict is the ClustViT's minus `backbone.cluster_mlp.*` and `backbone.regenerator.*`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from .merge import assign_clusters, attention_mask, merge_tokens, plan_merge, regenerate
+from .errors import ConfigError, InputError
+from .heads import SegmenterHead, UPerHead
+
+# name: (embed_dim, depth, num_heads, cluster MLP hidden size, UPerNet feature indices)
+BACKBONES = {
+    "tiny": (192, 12, 3, 774, (3, 5, 7, 11)),
+    "small": (384, 12, 6, 1548, (3, 5, 7, 11)),
+    "base": (768, 12, 12, 3072, (3, 5, 7, 11)),
+    "large": (1024, 24, 16, 4128, (7, 11, 15, 23)),
+}
+HEADS = ("segmenter", "uper")
+
+
+@dataclass
+class ClustViTOutput:
+    """What `ClustViT.forward` returns.
+
+    logits:         [B, num_classes, H, W] class scores at input resolution.
+    cluster_ids:    [B, H/16, W/16] long, 0 = kept token, 1..k = cluster; None for the plain ViT.
+    cluster_logits: [B, N, k + 1] Cluster-module logits (the auxiliary loss input); None for the plain ViT.
+    tokens:         [B] long, patch-level sequence length after merging (kept + non-empty clusters); N for the ViT.
+    """
+
+    logits: Tensor
+    cluster_ids: Tensor | None
+    cluster_logits: Tensor | None
+    tokens: Tensor
+
+
+@dataclass
+class BackboneOutput:
+    features: list[Tensor]  # one [B, D, h, w] map per requested block index
+    cluster_ids: Tensor | None  # [B, h, w]
+    cluster_logits: Tensor | None  # [B, N, k + 1]
+    tokens: Tensor  # [B]
+
+
+class ClusterMLP(nn.Module):
+    """Per-token logits over {keep, cluster 1..k}: Linear(D->H) -> ReLU -> Linear(H->k+1)."""
+
+    def __init__(self, dim: int, hidden: int, k: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, k + 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Regenerator(nn.Module):
+    """MLP(concat[own token at the injection point, processed representative]) -> restored token.
+
+    Linear(2D->D) -> GELU -> Linear(D->D), no residual. `forward` computes the representative half
+    of the first layer once per cluster instead of once per member (same result, fewer FLOPs);
+    `reference` is the literal concat form.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.fc1 = nn.Linear(2 * dim, dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(dim, dim)
+
+    def forward(self, own: Tensor, representatives: Tensor, batch_index: Tensor, cluster_index: Tensor) -> Tensor:
+        """own [M, D], representatives [B, k, D], indices [M] -> [M, D] (see merge.RegenerateFn)."""
+        w_own, w_rep = self.fc1.weight[:, : self.dim], self.fc1.weight[:, self.dim :]
+        per_cluster = F.linear(representatives, w_rep, self.fc1.bias)  # [B, k, D]
+        hidden = F.linear(own, w_own) + per_cluster[batch_index, cluster_index]
+        return self.fc2(self.act(hidden))
+
+    def reference(self, own: Tensor, representative: Tensor) -> Tensor:
+        """own, representative: [..., D] -> [..., D]: the plain concat form `forward` must equal."""
+        return self.fc2(self.act(self.fc1(torch.cat([own, representative], dim=-1))))
+
+
+class ClustViTBackbone(nn.Module):
+    """ViT with patch 16 and a CLS token; optionally clusters tokens before block `ip`.
+
+    Key names equal timm's VisionTransformer (`cls_token`, `pos_embed`, `patch_embed.proj`,
+    `blocks.N`, `norm`), so timm checkpoints load as they are.
+    """
+
+    def __init__(
+        self,
+        *,
+        img_size: int | tuple[int, int] = 512,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        k: int | None = 3,
+        ip: int | None = 3,
+        cluster_hidden: int | None = None,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        if (k is None) != (ip is None):
+            raise ConfigError(f"k={k} and ip={ip}: give both (ClustViT) or neither (plain ViT)")
+        if k is not None:
+            if int(k) != k or k < 1:
+                raise ConfigError(f"k={k}: the number of clusters must be an integer >= 1 (use k=None, ip=None for a plain ViT)")
+            if int(ip) != ip or not 0 <= ip < depth:
+                raise ConfigError(f"ip={ip}: the injection point must be a block index in 0..{depth - 1} (depth={depth})")
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.depth = depth
+        self.k, self.ip = k, ip
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
+        self.grid = self.patch_embed.grid_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], embed_dim))
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        drop_path = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=drop_path[i], norm_layer=norm) for i in range(depth)
+        )
+        self.norm = norm(embed_dim)
+        if k is not None:
+            self.cluster_mlp = ClusterMLP(embed_dim, cluster_hidden or 4 * embed_dim, k)
+            self.regenerator = Regenerator(embed_dim)
+        self._init_weights()
+
+    @property
+    def clustering(self) -> bool:
+        return self.k is not None
+
+    def _init_weights(self) -> None:
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def position_embedding(self, grid: tuple[int, int]) -> Tensor:
+        """[1, 1 + h*w, D], resampled (bicubic) when the input grid differs from the trained one."""
+        if tuple(grid) == tuple(self.grid):
+            return self.pos_embed
+        return resample_abs_pos_embed(self.pos_embed, list(grid), list(self.grid), num_prefix_tokens=1)
+
+    def forward(self, images: Tensor, out_indices: tuple[int, ...], cluster_ids: Tensor | None = None, keep_bias: float = 0.0) -> BackboneOutput:
+        """images [B, C, H, W] with H, W multiples of the patch size -> features after `out_indices` blocks."""
+        B, _, H, W = images.shape
+        h, w = H // self.patch_size, W // self.patch_size
+        x = self.patch_embed(images)  # [B, N, D]
+        x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + self.position_embedding((h, w))
+
+        plan, x_ip, logits, mask = None, None, None, None
+        tokens = torch.full((B,), h * w, dtype=torch.long, device=images.device)
+        features = []
+        for i, block in enumerate(self.blocks):
+            if i == self.ip:
+                x_ip = x[:, 1:]
+                logits = self.cluster_mlp(x_ip)
+                if cluster_ids is None:
+                    ids = assign_clusters(logits.detach(), keep_bias)
+                else:
+                    ids = check_cluster_ids(cluster_ids, B, h, w, self.k).to(images.device)
+                plan = plan_merge(ids, self.k)
+                x = torch.cat([x[:, :1], merge_tokens(x_ip, plan)], dim=1)
+                mask = attention_mask(plan)
+                tokens = plan.tokens
+            x = block(x, attn_mask=mask)
+            last = i == self.depth - 1
+            if i in out_indices or last:
+                patches = x[:, 1:] if plan is None else regenerate(x[:, 1:], x_ip, plan, self.regenerator)
+                if last:
+                    patches = self.norm(patches)
+                if i in out_indices:
+                    features.append(patches.transpose(1, 2).reshape(B, self.embed_dim, h, w))
+        return BackboneOutput(
+            features=features,
+            cluster_ids=None if plan is None else plan.cluster_ids.view(B, h, w),
+            cluster_logits=logits,
+            tokens=tokens,
+        )
+
+
+def check_cluster_ids(cluster_ids: Tensor, batch: int, h: int, w: int, k: int) -> Tensor:
+    """Validate externally given cluster ids ([B, h, w] or [B, h*w], values 0..k) -> [B, h*w] long."""
+    if cluster_ids.dtype.is_floating_point or cluster_ids.dtype == torch.bool:
+        raise InputError(f"cluster_ids must be an integer tensor, got {cluster_ids.dtype}")
+    if tuple(cluster_ids.shape) not in ((batch, h, w), (batch, h * w)):
+        raise InputError(f"cluster_ids has shape {tuple(cluster_ids.shape)}, expected [{batch}, {h}, {w}] (one id per 16x16 patch)")
+    lo, hi = (int(v) for v in torch.aminmax(cluster_ids))
+    if lo < 0 or hi > k:
+        raise InputError(f"cluster_ids must lie in 0..{k} (0 = keep), got values in {lo}..{hi}")
+    return cluster_ids.reshape(batch, h * w).long()
+
+
+class ClustViT(nn.Module):
+    """ClustViT (or, with k=None and ip=None, the plain ViT) with a Segmenter or UPerNet head.
+
+    Args:
+        num_classes: output classes.
+        img_size: training input size; other sizes work (position embeddings are resampled).
+        patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio: the ViT.
+        k: clusters (>= 1) or None for the plain ViT.
+        ip: injection point, the first block that sees the reduced sequence (0..depth-1), or None.
+        cluster_hidden: hidden width of the Cluster MLP (default 4 * embed_dim).
+        head: "segmenter" (mask transformer) or "uper" (UPerNet on features after `uper_indices`).
+        head_layers: transformer layers of the Segmenter head.
+        uper_indices: block indices feeding UPerNet (default: 4 evenly spaced ending at the last).
+        uper_channels: UPerNet width.
+        drop_path_rate: stochastic depth of the backbone.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        img_size: int | tuple[int, int] = 512,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 384,
+        depth: int = 12,
+        num_heads: int = 6,
+        mlp_ratio: float = 4.0,
+        k: int | None = 3,
+        ip: int | None = 3,
+        cluster_hidden: int | None = None,
+        head: str = "segmenter",
+        head_layers: int = 2,
+        uper_indices: tuple[int, ...] | None = None,
+        uper_channels: int = 512,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        if int(num_classes) != num_classes or num_classes < 1:
+            raise ConfigError(f"num_classes={num_classes}: must be an integer >= 1")
+        if head not in HEADS:
+            raise ConfigError(f"head={head!r}: choose one of {', '.join(HEADS)}")
+        self.num_classes = num_classes
+        self.backbone = ClustViTBackbone(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
+            num_heads=num_heads, mlp_ratio=mlp_ratio, k=k, ip=ip, cluster_hidden=cluster_hidden,
+            drop_path_rate=drop_path_rate,
+        )
+        if head == "segmenter":
+            self.out_indices = (depth - 1,)
+            self.head = SegmenterHead(embed_dim, num_classes, num_layers=head_layers, num_heads=num_heads)
+        else:
+            indices = tuple(uper_indices) if uper_indices else default_uper_indices(depth)
+            if any(not 0 <= i < depth for i in indices) or list(indices) != sorted(set(indices)):
+                raise ConfigError(f"uper_indices={list(indices)}: need increasing block indices in 0..{depth - 1}")
+            self.out_indices = indices
+            self.head = UPerHead([embed_dim] * len(indices), num_classes, channels=uper_channels)
+
+    @property
+    def clustering(self) -> bool:
+        return self.backbone.clustering
+
+    def forward(self, images: Tensor, cluster_ids: Tensor | None = None, keep_bias: float = 0.0) -> ClustViTOutput:
+        """Segment normalized images.
+
+        Args:
+            images: float [B, 3, H, W], normalized as the model's config says. H and W that are not
+                multiples of 16 are zero-padded at the bottom/right; logits are cropped back to H x W,
+                cluster ids cover the padded grid (ceil(H/16) x ceil(W/16)).
+            cluster_ids: optional [B, ceil(H/16), ceil(W/16)] long in 0..k replacing the Cluster
+                module's choice (oracle clustering); the module's logits are still computed.
+            keep_bias: added to the "keep" logit before the argmax (> 0 merges fewer tokens).
+        """
+        images = self.check_images(images)
+        H, W = images.shape[-2:]
+        p = self.backbone.patch_size
+        pad_h, pad_w = -H % p, -W % p
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h))
+        if cluster_ids is not None and not self.clustering:
+            raise InputError("cluster_ids given to a plain ViT (k=None): it has no Cluster module")
+        out = self.backbone(images, self.out_indices, cluster_ids=cluster_ids, keep_bias=keep_bias)
+        logits = self.head(out.features)
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]
+        return ClustViTOutput(logits, out.cluster_ids, out.cluster_logits, out.tokens)
+
+    def check_images(self, images: Tensor) -> Tensor:
+        if not isinstance(images, Tensor):
+            raise InputError(f"images must be a torch.Tensor [B, {self.backbone.in_chans}, H, W], got {type(images).__name__}")
+        if images.dim() == 3:
+            raise InputError(f"images has shape {tuple(images.shape)}: add the batch dimension, e.g. images[None]")
+        if images.dim() != 4 or images.shape[1] != self.backbone.in_chans:
+            raise InputError(
+                f"images has shape {tuple(images.shape)}, expected [B, {self.backbone.in_chans}, H, W] (channels first, RGB)"
+            )
+        if not images.is_floating_point():
+            raise InputError(f"images has dtype {images.dtype}: pass normalized float images (see clustvit_core.preprocess)")
+        if min(images.shape[-2:]) < self.backbone.patch_size:
+            raise InputError(f"images of {tuple(images.shape[-2:])} pixels: need at least {self.backbone.patch_size} per side")
+        return images
+
+
+def default_uper_indices(depth: int) -> tuple[int, ...]:
+    """Four block indices ending at the last block, as in the reference configs (depth 12 -> 3, 5, 7, 11)."""
+    for name, (_, d, _, _, indices) in BACKBONES.items():
+        if d == depth:
+            return indices
+    if depth < 4:
+        return tuple(range(depth))
+    return tuple(sorted({round(depth * f) - 1 for f in (1 / 3, 1 / 2, 2 / 3)} | {depth - 1}))

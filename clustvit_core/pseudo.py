@@ -1,0 +1,49 @@
+"""Pseudo-clusters: the training target of the Cluster module, derived from a label mask."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def pseudo_clusters(labels: Tensor, k: int, patch: int = 16, ignore_index: int = 255) -> Tensor:
+    """Cluster targets from a label mask (after augmentation/resizing).
+
+    A patch is *pure* when all its pixels carry one class (patches touching `ignore_index` are not
+    pure). Per image, classes are ranked by their number of pure patches, ties broken by the
+    lower class id; pure patches of the classes ranked 1..k get that rank as label, every other
+    patch gets 0 ("keep"). Sizes not divisible by `patch` are padded with `ignore_index`, so edge
+    patches that overhang the image are never pure.
+
+    Args:
+        labels: [B, H, W] integer class ids (or [H, W]).
+        k: number of clusters, >= 1.
+    Returns:
+        [B, ceil(H / patch), ceil(W / patch)] long in 0..k.
+    """
+    if k < 1:
+        raise ValueError(f"pseudo_clusters: k must be >= 1, got {k}")
+    squeeze = labels.dim() == 2
+    if squeeze:
+        labels = labels[None]
+    if labels.dim() != 3:
+        raise ValueError(f"pseudo_clusters: labels must be [B, H, W], got shape {tuple(labels.shape)}")
+    labels = labels.long()
+    B, H, W = labels.shape
+    pad_h, pad_w = -H % patch, -W % patch
+    if pad_h or pad_w:
+        labels = F.pad(labels, (0, pad_w, 0, pad_h), value=ignore_index)
+    h, w = labels.shape[1] // patch, labels.shape[2] // patch
+    cells = labels.view(B, h, patch, w, patch).permute(0, 1, 3, 2, 4).reshape(B, h * w, patch * patch)
+    first = cells[..., 0]
+    pure = (cells == first[..., None]).all(dim=-1) & (first != ignore_index)  # [B, h*w]
+    patch_class = torch.where(pure, first, torch.zeros_like(first))
+    num_classes = int(patch_class.max()) + 1
+    counts = torch.zeros(B, num_classes, dtype=torch.long, device=labels.device)
+    counts.scatter_add_(1, patch_class, pure.long())
+    # Stable descending sort: equal counts keep ascending class id order.
+    _, ranked = torch.sort(counts, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(ranked).scatter_(1, ranked, torch.arange(1, num_classes + 1, device=labels.device).expand(B, -1))
+    rank = torch.where((rank <= k) & (counts > 0), rank, torch.zeros_like(rank))
+    out = torch.where(pure, rank.gather(1, patch_class), torch.zeros_like(patch_class)).view(B, h, w)
+    return out[0] if squeeze else out
