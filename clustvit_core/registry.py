@@ -116,6 +116,10 @@ def load_config(name_or_path: str | os.PathLike | dict, **overrides) -> dict:
     if bad:
         raise ConfigError(f"unknown override(s) {bad}; valid names: {', '.join(DEFAULTS)}")
     cfg = {**DEFAULTS, **raw, **overrides}
+    if "num_classes" in overrides:  # dataset class names/colours no longer apply unless given too
+        for key in ("class_names", "palette"):
+            if key not in overrides and cfg[key] is not None and len(cfg[key]) != cfg["num_classes"]:
+                cfg[key] = None
     return _validate(cfg, source)
 
 

@@ -1,0 +1,276 @@
+"""Measure FLOPs, speed and token counts of registry models on the same images, in one run.
+
+    python -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --size 512 --oracle-clusters
+
+Every figure in the printed table is measured here: FLOPs with torch's FLOP counter (per image),
+speed as images per second after a warm-up, timed in interleaved rounds (model A, model B, ...,
+repeated) so that machine noise hits all models alike; the median round counts. Ratios are taken
+against the plain-ViT row (a model with k=None) measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from .errors import ConfigError, InputError, cli_errors
+from .flops import flop_breakdown
+from .predictor import preprocess
+from .pseudo import pseudo_clusters
+from .registry import build_model
+from .data.labels import read_labels, read_rgb
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+STEM_TAGS = re.compile(r"_(image|img|annotation|mask|label|labels|gt)$", re.IGNORECASE)
+
+
+@dataclass
+class Sample:
+    name: str
+    image: np.ndarray  # uint8 RGB [H, W, 3]
+    labels: np.ndarray | None  # uint8 [H, W] class ids, 255 = ignore
+
+
+@dataclass
+class Row:
+    model: str
+    clustering: bool
+    tokens: list[float] = field(default_factory=list)
+    flops: dict[str, list[float]] = field(default_factory=dict)
+    seconds_total: list[float] = field(default_factory=list)
+    seconds_backbone: list[float] = field(default_factory=list)
+
+
+def _match_key(path: Path) -> str:
+    return STEM_TAGS.sub("", path.stem)
+
+
+def load_samples(source: str, num_images: int, size: int, mask_dir: str | None, palette) -> list[Sample]:
+    """Images from 'synthetic[:agri|underwater]', 'cwfid[:test|train|all]' or a folder (+ optional mask folder)."""
+    kind, _, arg = source.partition(":")
+    if kind in ("synthetic", "cwfid") and mask_dir:
+        raise InputError(f"--oracle-clusters {mask_dir}: '{kind}' images bring their own labels; pass --oracle-clusters without a folder")
+    if kind == "synthetic":
+        from .data.synthetic import make_scene
+
+        scene = arg or "agri"
+        return [Sample(f"{scene}_{i:03d}", *make_scene(scene, seed=i, size=size)) for i in range(num_images)]
+    if kind == "cwfid":
+        from .data import cwfid
+
+        pairs = cwfid.files(split=arg or "test")
+        return [Sample(img.stem, read_rgb(img), read_labels(ann, cwfid.PALETTE)) for img, ann in pairs[:num_images]]
+    folder = Path(source)
+    if not folder.is_dir():
+        raise InputError(f"--images {source}: not a folder; give a folder of images, 'synthetic[:agri|underwater]' or 'cwfid[:test]'")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:num_images]
+    if not images:
+        raise InputError(f"--images {source}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder")
+    masks = {}
+    if mask_dir:
+        mask_folder = Path(mask_dir)
+        if not mask_folder.is_dir():
+            raise InputError(f"--oracle-clusters {mask_dir}: not a folder of label images")
+        masks = {_match_key(p): p for p in mask_folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    samples = []
+    for path in images:
+        labels = None
+        if mask_dir:
+            mask = masks.get(_match_key(path))
+            if mask is None:
+                raise InputError(f"{path}: no label image with a matching name in {mask_dir}")
+            labels = read_labels(mask, palette)
+        samples.append(Sample(path.stem, read_rgb(path), labels))
+    return samples
+
+
+def oracle_ids(labels: np.ndarray, size: int, k: int) -> torch.Tensor:
+    """Pseudo-clusters of a label map resized (nearest) to the network input: [1, size/16, size/16]."""
+    import cv2
+
+    resized = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
+    return pseudo_clusters(torch.from_numpy(resized)[None], k)
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run(args) -> list[Row]:
+    models = [build_model(name, weights=args.weights if args.weights != "none" else None, **args.overrides) for name in args.models]
+    cfg0 = models[0].config
+    for m in models[1:]:
+        if (m.config["mean"], m.config["std"]) != (cfg0["mean"], cfg0["std"]):
+            raise ConfigError("--models use different input normalization; benchmark models of one dataset together")
+    oracle = args.oracle_clusters is not None
+    mask_dir = args.oracle_clusters or None
+    samples = load_samples(args.images, args.num_images, args.size, mask_dir, cfg0["palette"])
+    if oracle and any(s.labels is None for s in samples):
+        raise InputError("--oracle-clusters needs label images: give a MASK_DIR, or use a source with labels (synthetic, cwfid)")
+    if not oracle and args.weights == "none" and any(m.clustering for m in models):
+        print("note: random weights without --oracle-clusters: token counts reflect an untrained Cluster module", file=sys.stderr)
+
+    x_all = preprocess([s.image for s in samples], args.size, cfg0["mean"], cfg0["std"])
+    rows = [Row(name, m.clustering) for name, m in zip(args.models, models)]
+    ids_per_model = []
+    for m in models:
+        if oracle and m.clustering:
+            ids_per_model.append(torch.cat([oracle_ids(s.labels, args.size, m.backbone.k) for s in samples]))
+        else:
+            ids_per_model.append(None)
+
+    # FLOPs and tokens, image by image.
+    for m, row, ids in zip(models, rows, ids_per_model):
+        for i in tqdm(range(len(samples)), desc=f"FLOPs {row.model}", leave=False, disable=args.quiet):
+            kwargs = {"cluster_ids": ids[i : i + 1]} if ids is not None else {}
+            for part, value in flop_breakdown(m, x_all[i : i + 1], **kwargs).items():
+                row.flops.setdefault(part, []).append(value)
+            with torch.inference_mode():
+                row.tokens.append(float(m(x_all[i : i + 1], **kwargs).tokens[0]))
+
+    # Speed: interleaved rounds over all images, batch by batch.
+    batches = [slice(i, i + args.batch) for i in range(0, len(samples), args.batch)]
+
+    def forward(m, ids, backbone_only):
+        for b in batches:
+            kw = {"cluster_ids": ids[b]} if ids is not None else {}
+            if backbone_only:
+                m.backbone(x_all[b], m.out_indices, **kw)
+            else:
+                m(x_all[b], **kw)
+
+    with torch.inference_mode():
+        for m, ids in zip(models, ids_per_model):
+            for _ in range(args.warmup):
+                forward(m, ids, backbone_only=False)
+        for _ in tqdm(range(args.rounds), desc="timing rounds", disable=args.quiet):
+            for m, row, ids in zip(models, rows, ids_per_model):
+                row.seconds_backbone.append(_timed(lambda: forward(m, ids, True)))
+                row.seconds_total.append(_timed(lambda: forward(m, ids, False)))
+    return rows, len(samples)
+
+
+def summarize(rows: list[Row], n_images: int) -> list[dict]:
+    def mean_std(values):
+        return float(statistics.fmean(values)), float(statistics.pstdev(values))
+
+    out = []
+    for row in rows:
+        d = {"model": row.model, "clustering": row.clustering}
+        d["tokens_mean"], d["tokens_std"] = mean_std(row.tokens)
+        for part, values in row.flops.items():
+            d[f"gflops_{part}_mean"], d[f"gflops_{part}_std"] = (v / 1e9 for v in mean_std(values))
+        d["img_s_backbone"] = n_images / statistics.median(row.seconds_backbone)
+        d["img_s_total"] = n_images / statistics.median(row.seconds_total)
+        share = [(c + r) / t for c, r, t in zip(row.flops["cluster"], row.flops["regenerator"], row.flops["total"])]
+        d["cluster_regen_share"] = float(statistics.fmean(share))
+        out.append(d)
+    reference = next((d for d in out if not d["clustering"]), None)
+    if reference is not None:
+        for d in out:
+            for part in ("backbone", "total"):
+                d[f"flop_ratio_{part}"] = reference[f"gflops_{part}_mean"] / d[f"gflops_{part}_mean"]
+                d[f"speedup_{part}"] = d[f"img_s_{part}"] / reference[f"img_s_{part}"]
+                d[f"speedup_vs_flop_ratio_{part}"] = d[f"speedup_{part}"] / d[f"flop_ratio_{part}"]
+    return out
+
+
+def format_table(summary: list[dict]) -> str:
+    has_ref = "flop_ratio_backbone" in summary[0]
+    head = ["model", "tokens", "GFLOPs backbone", "GFLOPs total", "clust+regen", "img/s backbone", "img/s total"]
+    if has_ref:
+        head += ["FLOP ratio bb", "speed-up bb", "FLOP ratio total", "speed-up total"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for d in summary:
+        cells = [
+            d["model"],
+            f"{d['tokens_mean']:.0f} ± {d['tokens_std']:.0f}",
+            f"{d['gflops_backbone_mean']:.2f} ± {d['gflops_backbone_std']:.2f}",
+            f"{d['gflops_total_mean']:.2f} ± {d['gflops_total_std']:.2f}",
+            f"{100 * d['cluster_regen_share']:.1f} %",
+            f"{d['img_s_backbone']:.2f}",
+            f"{d['img_s_total']:.2f}",
+        ]
+        if has_ref:
+            cells += [f"{d['flop_ratio_backbone']:.2f}×", f"{d['speedup_backbone']:.2f}×",
+                      f"{d['flop_ratio_total']:.2f}×", f"{d['speedup_total']:.2f}×"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r}: write KEY=VALUE, e.g. backbone=small")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m clustvit_core.benchmark",
+        description="FLOPs (backbone / total, per image), speed (img/s, backbone-only and whole model), "
+        "token counts and ratios against the plain-ViT row, for registry models measured in one run.",
+        epilog="Examples:\n"
+        "  python -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images synthetic --num-images 4 --size 256\n"
+        "  python -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --size 512 --oracle-clusters\n"
+        "  python -m clustvit_core.benchmark --models suim_vit suim_k4_ip3 --images IMG_DIR --oracle-clusters MASK_DIR --set backbone=small\n"
+        "Without --oracle-clusters the Cluster module decides; with random weights (--weights none) that is\n"
+        "meaningless for token counts, so pass --weights default for trained models.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--models", nargs="+", required=True, help="registry names (python -c 'import clustvit_core as cc; print(cc.list_models())'); include a *_vit model to get ratios")
+    parser.add_argument("--images", default="synthetic", help="folder of images, 'synthetic[:agri|underwater]' (generated) or 'cwfid[:test|train|all]' (default: synthetic)")
+    parser.add_argument("--num-images", type=int, default=8, help="use at most this many images (default 8)")
+    parser.add_argument("--size", type=int, default=512, help="network input size in pixels, a multiple of 16 (default 512)")
+    parser.add_argument("--oracle-clusters", nargs="?", const="", default=None, metavar="MASK_DIR",
+                        help="replace the Cluster module by pseudo-clusters of ground-truth labels: from MASK_DIR (matched by file name), or, with no value, from the source's own labels")
+    parser.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
+    parser.add_argument("--weights", default="none", help="'none' (random init, default: fine for FLOPs/speed with oracle clusters) or 'default' (the registry's trained weights)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed passes over the images per model (default 1)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed interleaved rounds; the median counts (default 3)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every model, e.g. --set backbone=small")
+    args = parser.parse_args(argv)
+    with cli_errors(parser.prog):
+        if args.size % 16 or args.size < 16:
+            raise ConfigError(f"--size {args.size}: use a positive multiple of 16")
+        if args.batch < 1 or args.num_images < 1 or args.rounds < 1 or args.warmup < 0:
+            raise ConfigError("--batch, --num-images and --rounds must be >= 1, --warmup >= 0")
+        args.overrides = parse_overrides(args.overrides)
+        args.overrides.setdefault("img_size", args.size)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.manual_seed(0)
+        rows, n = run(args)
+        summary = summarize(rows, n)
+        print(f"{n} images from {args.images} at {args.size}x{args.size}, batch {args.batch}, "
+              f"{torch.get_num_threads()} CPU threads, clusters: {'oracle (ground truth)' if args.oracle_clusters is not None else 'Cluster module'}")
+        print(format_table(summary))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            setup = {k: v for k, v in vars(args).items() if k != "json"}
+            setup["device"] = "cpu"
+            setup["torch_threads"] = torch.get_num_threads()
+            args.json.write_text(json.dumps({"setup": setup, "rows": summary}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

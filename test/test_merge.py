@@ -1,0 +1,78 @@
+"""The merge / regenerate tensor functions on hand-made tensors."""
+import torch
+
+from clustvit_core.merge import assign_clusters, attention_mask, cluster_means, merge_tokens, plan_merge, regenerate, unmerge_tokens
+
+
+def test_assign_clusters_argmax_and_keep_bias():
+    logits = torch.tensor([[[1.0, 2.0, 0.0], [3.0, 0.0, 2.5], [0.0, 0.0, 5.0]]])
+    assert assign_clusters(logits).tolist() == [[1, 0, 2]]
+    # +1.5 on "keep": token 0 flips to keep (2.5 > 2.0), token 2 stays clustered (1.5 < 5).
+    assert assign_clusters(logits, keep_bias=1.5).tolist() == [[0, 0, 2]]
+    assert assign_clusters(logits, keep_bias=-10.0).tolist() == [[1, 2, 2]]
+
+
+def test_plan_merge_two_images():
+    # image 0: tokens 0 and 3 kept, 1 and 2 in cluster 1, cluster 2 empty -> 3 tokens
+    # image 1: token 2 kept, 1 and 3 in cluster 1, token 0 alone in cluster 2 -> 3 tokens
+    ids = torch.tensor([[0, 1, 1, 0], [2, 1, 0, 1]])
+    plan = plan_merge(ids, k=2)
+    assert plan.tokens.tolist() == [3, 3]
+    assert plan.counts.tolist() == [[2, 0], [2, 1]]
+    # slot space: 0..3 patches, 4 = cluster 1, 5 = cluster 2, 6 = padding
+    assert plan.slots.tolist() == [[0, 3, 4], [2, 4, 5]]
+    assert not plan.padded and attention_mask(plan) is None
+
+
+def test_plan_merge_pads_and_masks_shorter_images():
+    ids = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]])
+    plan = plan_merge(ids, k=3)
+    assert plan.tokens.tolist() == [4, 1]
+    assert plan.slots.tolist() == [[0, 1, 2, 3], [4, 7, 7, 7]]
+    assert plan.valid.tolist() == [[True] * 4, [True, False, False, False]]
+    mask = attention_mask(plan)
+    assert mask.shape == (2, 1, 1, 5)
+    assert mask[1, 0, 0].tolist() == [True, True, False, False, False]  # CLS + cluster token only
+
+
+def test_merge_computes_plain_means_in_order():
+    x = torch.tensor([[[1.0, 0.0], [2.0, 2.0], [4.0, 6.0], [9.0, 9.0]]])
+    ids = torch.tensor([[0, 2, 2, 0]])
+    plan = plan_merge(ids, k=2)
+    assert torch.equal(cluster_means(x, plan), torch.tensor([[[0.0, 0.0], [3.0, 4.0]]]))
+    reduced = merge_tokens(x, plan)
+    # kept tokens in raster order, then the mean of cluster 2; the empty cluster 1 is absent
+    assert torch.equal(reduced, torch.tensor([[[1.0, 0.0], [9.0, 9.0], [3.0, 4.0]]]))
+
+
+def test_merge_gradient_flows_through_means():
+    x = torch.randn(1, 4, 3, requires_grad=True)
+    plan = plan_merge(torch.tensor([[1, 1, 0, 1]]), k=1)
+    merge_tokens(x, plan).sum().backward()
+    # the kept token gets 1, each of the 3 cluster members 1/3
+    assert torch.allclose(x.grad[0, :, 0], torch.tensor([1 / 3, 1 / 3, 1.0, 1 / 3]))
+
+
+def test_unmerge_and_regenerate_put_tokens_back():
+    ids = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]])
+    plan = plan_merge(ids, k=1)
+    # processed reduced sequences: image 0 = [kept0, kept3, cluster1]; image 1 = [cluster1, pad, pad]
+    y = torch.tensor([[[10.0], [13.0], [100.0]], [[200.0], [-1.0], [-1.0]]])
+    grid, reps = unmerge_tokens(y, plan)
+    assert grid[..., 0].tolist() == [[10.0, 0.0, 0.0, 13.0], [0.0, 0.0, 0.0, 0.0]]
+    assert reps[..., 0].tolist() == [[100.0], [200.0]]
+
+    x_ip = torch.arange(8.0).view(2, 4, 1)
+
+    def expand(own, representatives, batch_index, cluster_index):
+        return own + representatives[batch_index, cluster_index]
+
+    out = regenerate(y, x_ip, plan, expand)
+    assert out[..., 0].tolist() == [[10.0, 101.0, 102.0, 13.0], [204.0, 205.0, 206.0, 207.0]]
+
+
+def test_regenerate_with_nothing_clustered_is_identity_scatter():
+    y = torch.randn(2, 3, 5)
+    plan = plan_merge(torch.zeros(2, 3, dtype=torch.long), k=2)
+    out = regenerate(y, torch.randn(2, 3, 5), plan, lambda *a: (_ for _ in ()).throw(AssertionError("called")))
+    assert torch.equal(out, y)
