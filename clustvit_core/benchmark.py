@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import re
 import statistics
 import sys
@@ -210,6 +211,17 @@ def format_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def update_readme(path: Path, section: str, text: str) -> None:
+    """Replace the marked section of a Markdown file with `text`."""
+    begin, end = f"<!-- BEGIN benchmark:{section} -->", f"<!-- END benchmark:{section} -->"
+    content = path.read_text()
+    if begin not in content or end not in content:
+        raise InputError(f"{path}: markers {begin} / {end} not found; add them where the table belongs")
+    head, rest = content.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+
+
 def parse_overrides(items: list[str]) -> dict:
     overrides = {}
     for item in items:
@@ -245,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="timed interleaved rounds; the median counts (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument("--update-readme", type=Path, default=None, metavar="README",
+                        help="replace the text between '<!-- BEGIN benchmark:SECTION -->' and '<!-- END benchmark:SECTION -->' in this file with the command and the table")
+    parser.add_argument("--readme-section", default="cwfid", metavar="SECTION", help="marker name for --update-readme (default cwfid)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every model, e.g. --set backbone=small")
     args = parser.parse_args(argv)
@@ -260,9 +275,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         rows, n = run(args)
         summary = summarize(rows, n)
-        print(f"{n} images from {args.images} at {args.size}x{args.size}, batch {args.batch}, "
-              f"{torch.get_num_threads()} CPU threads, clusters: {'oracle (ground truth)' if args.oracle_clusters is not None else 'Cluster module'}")
-        print(format_table(summary))
+        setup_line = (f"{n} images from {args.images} at {args.size}x{args.size}, batch {args.batch}, "
+                      f"{torch.get_num_threads()} CPU threads ({platform.processor() or platform.machine()}), "
+                      f"clusters: {'oracle (ground truth)' if args.oracle_clusters is not None else 'Cluster module'}")
+        table = format_table(summary)
+        print(setup_line)
+        print(table)
+        if args.update_readme:
+            command = "python -m clustvit_core.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
+            update_readme(args.update_readme, args.readme_section, f"`{command}`\n\n{setup_line}\n\n{table}")
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             setup = {k: v for k, v in vars(args).items() if k != "json"}

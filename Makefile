@@ -1,0 +1,31 @@
+# Two entry points, each sets up (or refreshes) the local virtual environment first:
+#   make demo   - run the main job
+#   make test   - run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test benchmark-cwfid clean
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Main job: FLOPs, speed and token counts of ViT vs ClustViT on built-in synthetic field images.
+demo: $(STAMP)
+	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images synthetic:agri --num-images 8 --size 512 --oracle-clusters
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# The README's CWFID table (real images from ../shared/data/cwfid).
+benchmark-cwfid: $(STAMP)
+	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 100 --size 512 --oracle-clusters --rounds 3 --threads 2 --json out/benchmark_cwfid.json --update-readme README.md
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
