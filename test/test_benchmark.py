@@ -1,0 +1,45 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from clustvit_core import benchmark
+
+TINY_SET = ["--set", "embed_dim=64", "depth=4", "num_heads=2", "cluster_hidden=32"]
+
+
+def test_benchmark_on_cwfid_with_oracle_clusters(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- BEGIN benchmark:t -->\nold\n<!-- END benchmark:t -->\noutro\n")
+    out_json = tmp_path / "b.json"
+    argv = ["--models", "cwfid_vit", "cwfid_k3_ip3", "--images", "cwfid:test", "--num-images", "2", "--size", "128",
+            "--oracle-clusters", "--rounds", "1", "--warmup", "0", "--quiet", "--json", str(out_json),
+            "--update-readme", str(readme), "--readme-section", "t", *TINY_SET]
+    assert benchmark.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| cwfid_vit |" in printed and "| cwfid_k3_ip3 |" in printed
+    rows = {r["model"]: r for r in json.loads(out_json.read_text())["rows"]}
+    vit, clust = rows["cwfid_vit"], rows["cwfid_k3_ip3"]
+    assert vit["tokens_mean"] == 64 and clust["tokens_mean"] < 64  # field images: most patches are pure soil
+    assert clust["flop_ratio_backbone"] > 1.0
+    assert vit["flop_ratio_backbone"] == 1.0 and vit["speedup_total"] == 1.0
+    assert clust["flop_ratio_backbone"] == pytest.approx(vit["gflops_backbone_mean"] / clust["gflops_backbone_mean"])
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "| cwfid_k3_ip3 |" in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--models", "nope_vit"], "unknown model 'nope_vit'"),
+        (["--models", "cwfid_vit", "--size", "100"], "--size 100"),
+        (["--models", "cwfid_vit", "--images", "/does/not/exist"], "not a folder"),
+        (["--models", "cwfid_vit", "--set", "backbone"], "write KEY=VALUE"),
+    ],
+)
+def test_benchmark_user_errors_are_one_line(args, message):
+    proc = subprocess.run([sys.executable, "-m", "clustvit_core.benchmark", *args], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
