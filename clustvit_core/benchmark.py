@@ -21,14 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from .errors import ConfigError, InputError, cli_errors
 from .flops import flop_breakdown
 from .predictor import preprocess
 from .pseudo import pseudo_clusters
-from .registry import build_model
+from .registry import build_model, parse_overrides
 from .data.labels import read_labels, read_rgb
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -220,16 +219,6 @@ def update_readme(path: Path, section: str, text: str) -> None:
     head, rest = content.split(begin, 1)
     _, tail = rest.split(end, 1)
     path.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
-
-
-def parse_overrides(items: list[str]) -> dict:
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r}: write KEY=VALUE, e.g. backbone=small")
-        overrides[key] = yaml.safe_load(value)
-    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -162,6 +162,20 @@ def default_palette(n: int) -> list[list[int]]:
     return colours[:n]
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """["num_classes=3", "backbone=tiny"] -> {"num_classes": 3, "backbone": "tiny"} (values parsed as YAML)."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. num_classes=3")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({str(exc).splitlines()[0]})") from None
+    return overrides
+
+
 def model_kwargs(cfg: dict) -> dict:
     """ClustViT constructor arguments of a validated config."""
     keys = ("num_classes", "img_size", "embed_dim", "depth", "num_heads", "k", "ip", "cluster_hidden",

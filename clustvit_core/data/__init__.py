@@ -1,0 +1,1 @@
+"""Datasets for ClustViT training and evaluation."""
