@@ -18,14 +18,14 @@ setup: $(STAMP)
 
 # Main job: FLOPs, speed and token counts of ViT vs ClustViT on built-in synthetic field images.
 demo: $(STAMP)
-	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images synthetic:agri --num-images 8 --size 512 --oracle-clusters
+	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images synthetic:agri --num-images 8 --size 512 --oracle-clusters --rounds 2
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 # The README's CWFID table (real images from ../shared/data/cwfid).
 benchmark-cwfid: $(STAMP)
-	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 100 --size 512 --oracle-clusters --rounds 3 --threads 2 --json out/benchmark_cwfid.json --update-readme README.md
+	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 100 --size 512 --oracle-clusters --rounds 5 --threads 2 --json out/benchmark_cwfid.json --update-readme README.md
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

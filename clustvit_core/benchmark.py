@@ -140,25 +140,31 @@ def run(args) -> list[Row]:
             with torch.inference_mode():
                 row.tokens.append(float(m(x_all[i : i + 1], **kwargs).tokens[0]))
 
-    # Speed: interleaved rounds over all images, batch by batch.
+    # Speed: in each round every batch runs through every model in turn (backbone only, then the
+    # whole model), so a slow moment of the machine hits all models alike; a round's time is the sum
+    # over batches, and the median round counts.
     batches = [slice(i, i + args.batch) for i in range(0, len(samples), args.batch)]
 
-    def forward(m, ids, backbone_only):
-        for b in batches:
-            kw = {"cluster_ids": ids[b]} if ids is not None else {}
-            if backbone_only:
-                m.backbone(x_all[b], m.out_indices, **kw)
-            else:
-                m(x_all[b], **kw)
+    def call(m, ids, b, backbone_only):
+        kw = {"cluster_ids": ids[b]} if ids is not None else {}
+        if backbone_only:
+            m.backbone(x_all[b], m.out_indices, **kw)
+        else:
+            m(x_all[b], **kw)
 
     with torch.inference_mode():
-        for m, ids in zip(models, ids_per_model):
-            for _ in range(args.warmup):
-                forward(m, ids, backbone_only=False)
+        for _ in range(args.warmup):
+            for b in batches:
+                for m, ids in zip(models, ids_per_model):
+                    call(m, ids, b, backbone_only=False)
         for _ in tqdm(range(args.rounds), desc="timing rounds", disable=args.quiet):
-            for m, row, ids in zip(models, rows, ids_per_model):
-                row.seconds_backbone.append(_timed(lambda: forward(m, ids, True)))
-                row.seconds_total.append(_timed(lambda: forward(m, ids, False)))
+            for row in rows:
+                row.seconds_backbone.append(0.0)
+                row.seconds_total.append(0.0)
+            for b in batches:
+                for m, row, ids in zip(models, rows, ids_per_model):
+                    row.seconds_backbone[-1] += _timed(lambda: call(m, ids, b, True))
+                    row.seconds_total[-1] += _timed(lambda: call(m, ids, b, False))
     return rows, len(samples)
 
 
@@ -176,6 +182,8 @@ def summarize(rows: list[Row], n_images: int) -> list[dict]:
         d["img_s_total"] = n_images / statistics.median(row.seconds_total)
         share = [(c + r) / t for c, r, t in zip(row.flops["cluster"], row.flops["regenerator"], row.flops["total"])]
         d["cluster_regen_share"] = float(statistics.fmean(share))
+        for part in ("cluster", "regenerator"):
+            d[f"{part}_share"] = float(statistics.fmean(p / t for p, t in zip(row.flops[part], row.flops["total"])))
         out.append(d)
     reference = next((d for d in out if not d["clustering"]), None)
     if reference is not None:
@@ -184,6 +192,8 @@ def summarize(rows: list[Row], n_images: int) -> list[dict]:
                 d[f"flop_ratio_{part}"] = reference[f"gflops_{part}_mean"] / d[f"gflops_{part}_mean"]
                 d[f"speedup_{part}"] = d[f"img_s_{part}"] / reference[f"img_s_{part}"]
                 d[f"speedup_vs_flop_ratio_{part}"] = d[f"speedup_{part}"] / d[f"flop_ratio_{part}"]
+            without = d["gflops_backbone_mean"] - d["gflops_cluster_mean"]
+            d["flop_ratio_backbone_without_cluster_mlp"] = reference["gflops_backbone_mean"] / without
     return out
 
 
@@ -207,7 +217,16 @@ def format_table(summary: list[dict]) -> str:
             cells += [f"{d['flop_ratio_backbone']:.2f}×", f"{d['speedup_backbone']:.2f}×",
                       f"{d['flop_ratio_total']:.2f}×", f"{d['speedup_total']:.2f}×"]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    notes = []
+    for d in summary:
+        if d["clustering"]:
+            note = (f"- {d['model']}: Cluster MLP {100 * d['cluster_share']:.1f} % and Regenerator "
+                    f"{100 * d['regenerator_share']:.1f} % of all FLOPs")
+            if has_ref:
+                note += (f"; backbone speed-up = {100 * d['speedup_vs_flop_ratio_backbone']:.0f} % of the backbone FLOP ratio; "
+                         f"backbone FLOP ratio without the Cluster MLP {d['flop_ratio_backbone_without_cluster_mlp']:.2f}×")
+            notes.append(note)
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def update_readme(path: Path, section: str, text: str) -> None:
@@ -242,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="replace the Cluster module by pseudo-clusters of ground-truth labels: from MASK_DIR (matched by file name), or, with no value, from the source's own labels")
     parser.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
     parser.add_argument("--weights", default="none", help="'none' (random init, default: fine for FLOPs/speed with oracle clusters) or 'default' (the registry's trained weights)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed passes over the images per model (default 1)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed passes over the images (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="timed interleaved rounds; the median counts (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
