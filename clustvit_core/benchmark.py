@@ -10,6 +10,7 @@ against the plain-ViT row (a model with k=None) measured in the same run.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import re
@@ -109,7 +110,15 @@ def _timed(fn) -> float:
 
 
 def run(args) -> list[Row]:
-    models = [build_model(name, weights=args.weights if args.weights != "none" else None, **args.overrides) for name in args.models]
+    models, names = [], []
+    for name in args.models:
+        model = build_model(name, weights=args.weights if args.weights != "none" else None, **args.overrides)
+        modes = args.batch_modes if model.clustering else ["auto"]
+        for mode in modes:
+            twin = copy.deepcopy(model) if len(modes) > 1 else model
+            twin.backbone.batch_mode = mode
+            models.append(twin)
+            names.append(f"{name} [{mode}]" if len(modes) > 1 else name)
     cfg0 = models[0].config
     for m in models[1:]:
         if (m.config["mean"], m.config["std"]) != (cfg0["mean"], cfg0["std"]):
@@ -123,7 +132,7 @@ def run(args) -> list[Row]:
         print("note: random weights without --oracle-clusters: token counts reflect an untrained Cluster module", file=sys.stderr)
 
     x_all = preprocess([s.image for s in samples], args.size, cfg0["mean"], cfg0["std"])
-    rows = [Row(name, m.clustering) for name, m in zip(args.models, models)]
+    rows = [Row(name, m.clustering) for name, m in zip(names, models)]
     ids_per_model = []
     for m in models:
         if oracle and m.clustering:
@@ -260,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--oracle-clusters", nargs="?", const="", default=None, metavar="MASK_DIR",
                         help="replace the Cluster module by pseudo-clusters of ground-truth labels: from MASK_DIR (matched by file name), or, with no value, from the source's own labels")
     parser.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
+    parser.add_argument("--batch-modes", nargs="+", default=["auto"], choices=["auto", "pad", "split"],
+                        help="how a batch of images with different token counts runs the reduced blocks: one padded, masked batch "
+                        "(pad), image by image (split), or auto (split on CPU, pad on GPU); several modes give one row each")
     parser.add_argument("--weights", default="none", help="'none' (random init, default: fine for FLOPs/speed with oracle clusters) or 'default' (the registry's trained weights)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes over the images (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="timed interleaved rounds; the median counts (default 3)")

@@ -26,6 +26,7 @@ BACKBONES = {
     "large": (1024, 24, 16, 4128, (7, 11, 15, 23)),
 }
 HEADS = ("segmenter", "uper")
+SPLIT_MIN_TOKENS = 128  # see ClustViTBackbone.split_batches
 
 
 @dataclass
@@ -127,6 +128,7 @@ class ClustViTBackbone(nn.Module):
         self.embed_dim = embed_dim
         self.depth = depth
         self.k, self.ip = k, ip
+        self.batch_mode = "auto"  # see split_batches
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
         self.grid = self.patch_embed.grid_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -167,36 +169,61 @@ class ClustViTBackbone(nn.Module):
         h, w = H // self.patch_size, W // self.patch_size
         x = self.patch_embed(images)  # [B, N, D]
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + self.position_embedding((h, w))
+        if not self.clustering:
+            features = self._run_blocks(x, 0, None, None, out_indices)
+            tokens = torch.full((B,), h * w, dtype=torch.long, device=images.device)
+            return BackboneOutput(self._maps(features, h, w), None, None, tokens)
 
-        plan, x_ip, logits, mask = None, None, None, None
-        tokens = torch.full((B,), h * w, dtype=torch.long, device=images.device)
-        features = []
-        for i, block in enumerate(self.blocks):
-            if i == self.ip:
-                x_ip = x[:, 1:]
-                logits = self.cluster_mlp(x_ip)
-                if cluster_ids is None:
-                    ids = assign_clusters(logits.detach(), keep_bias)
-                else:
-                    ids = check_cluster_ids(cluster_ids, B, h, w, self.k).to(images.device)
-                plan = plan_merge(ids, self.k)
-                x = torch.cat([x[:, :1], merge_tokens(x_ip, plan)], dim=1)
-                mask = attention_mask(plan)
-                tokens = plan.tokens
-            x = block(x, attn_mask=mask)
-            last = i == self.depth - 1
-            if i in out_indices or last:
+        features = self._run_blocks(x, 0, None, None, tuple(i for i in out_indices if i < self.ip), stop=self.ip)
+        x = features.pop("x")
+        x_ip = x[:, 1:]
+        logits = self.cluster_mlp(x_ip)
+        if cluster_ids is None:
+            ids = assign_clusters(logits.detach(), keep_bias)
+        else:
+            ids = check_cluster_ids(cluster_ids, B, h, w, self.k).to(images.device)
+        plan = plan_merge(ids, self.k)
+        later = tuple(i for i in out_indices if i >= self.ip)
+        if plan.padded and self.split_batches(images, plan):
+            # Image by image: each reduced sequence is a prefix of its padded row (see MergePlan).
+            parts = []
+            for b in range(B):
+                plan_b = plan_merge(ids[b : b + 1], self.k)
+                x_b = torch.cat([x[b : b + 1, :1], merge_tokens(x_ip[b : b + 1], plan_b)], dim=1)
+                parts.append(self._run_blocks(x_b, self.ip, plan_b, x_ip[b : b + 1], later))
+            features.update({i: torch.cat([p[i] for p in parts]) for i in later})
+        else:
+            x = torch.cat([x[:, :1], merge_tokens(x_ip, plan)], dim=1)
+            features.update(self._run_blocks(x, self.ip, plan, x_ip, later))
+        return BackboneOutput(self._maps(features, h, w), plan.cluster_ids.view(B, h, w), logits, plan.tokens)
+
+    def split_batches(self, images: Tensor, plan) -> bool:
+        """Whether images of different reduced lengths run the reduced blocks one by one instead of as one
+        padded, masked batch. `batch_mode` "split" / "pad" decide. "auto" splits on CPU when the longest
+        reduced sequence has >= SPLIT_MIN_TOKENS tokens: there, measured with
+        `python -m clustvit_core.benchmark --batch 8 --batch-modes pad split`, splitting beat padding at
+        512x512 (no compute on padding) and lost at 128x128 (per-image overhead). On GPUs it pads."""
+        if self.batch_mode == "auto":
+            return images.device.type == "cpu" and plan.slots.shape[1] >= SPLIT_MIN_TOKENS
+        return self.batch_mode == "split"
+
+    def _run_blocks(self, x: Tensor, start: int, plan, x_ip, out_indices, stop: int | None = None) -> dict:
+        """Blocks start..stop-1 on [B, 1 + L, D]; returns {index: patch tokens [B, N, D]} for `out_indices`
+        (regenerated if `plan`; the last block's output final-normed), and "x": the last sequence."""
+        stop = self.depth if stop is None else stop
+        mask = attention_mask(plan) if plan is not None else None
+        out = {}
+        for i in range(start, stop):
+            x = self.blocks[i](x, attn_mask=mask)
+            if i in out_indices:
                 patches = x[:, 1:] if plan is None else regenerate(x[:, 1:], x_ip, plan, self.regenerator)
-                if last:
-                    patches = self.norm(patches)
-                if i in out_indices:
-                    features.append(patches.transpose(1, 2).reshape(B, self.embed_dim, h, w))
-        return BackboneOutput(
-            features=features,
-            cluster_ids=None if plan is None else plan.cluster_ids.view(B, h, w),
-            cluster_logits=logits,
-            tokens=tokens,
-        )
+                out[i] = self.norm(patches) if i == self.depth - 1 else patches
+        out["x"] = x
+        return out
+
+    def _maps(self, features: dict, h: int, w: int) -> list[Tensor]:
+        """{index: [B, N, D]} -> [B, D, h, w] maps in index order."""
+        return [features[i].transpose(1, 2).reshape(-1, self.embed_dim, h, w) for i in sorted(k for k in features if k != "x")]
 
 
 def check_cluster_ids(cluster_ids: Tensor, batch: int, h: int, w: int, k: int) -> Tensor:

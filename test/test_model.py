@@ -7,9 +7,10 @@ import clustvit_core as cc
 from conftest import TINY, plain_twin, tiny_model
 
 
+@pytest.mark.parametrize("ip", [0, 1, 3])
 @pytest.mark.parametrize("head", ["segmenter", "uper"])
-def test_nothing_clustered_equals_plain_vit(head):
-    model = tiny_model(head=head, uper_channels=32).eval()
+def test_nothing_clustered_equals_plain_vit(head, ip):
+    model = tiny_model(head=head, uper_channels=32, ip=ip).eval()
     vit = plain_twin(model)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -29,9 +30,11 @@ def test_keep_bias_large_keeps_everything_and_equals_vit():
         assert torch.allclose(out.logits, plain_twin(model)(x).logits, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch_mode", ["pad", "split"])
 @pytest.mark.parametrize("head", ["segmenter", "uper"])
-def test_batch_equals_each_image_alone(head):
+def test_batch_equals_each_image_alone(head, batch_mode):
     model = tiny_model(head=head, uper_channels=32).eval()
+    model.backbone.batch_mode = batch_mode
     x = torch.randn(4, 3, 64, 64)
     ids = torch.randint(0, 4, (4, 4, 4))
     ids[0] = 2  # one cluster only: 1 token, the rest of the batch is longer -> padding
