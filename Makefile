@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test benchmark-cwfid clean
+.PHONY: setup demo test benchmark-cwfid benchmark-batching clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: $(STAMP)
 # The README's CWFID table (real images from ../shared/data/cwfid).
 benchmark-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 100 --size 512 --oracle-clusters --rounds 5 --threads 2 --json out/benchmark_cwfid.json --update-readme README.md
+
+benchmark-batching: $(STAMP)
+	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 16 --size 512 --oracle-clusters --batch 8 --batch-modes pad split --rounds 2 --threads 2 --json out/benchmark_batching.json --update-readme README.md --readme-section batching
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
