@@ -20,22 +20,30 @@ from torch import Tensor, nn
 from .errors import WeightsError
 
 CONFIG_KEY = "clustvit_config"
+EXTRA_KEY = "clustvit_extra"
 
 
-def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, Tensor], config: dict | None = None) -> Path:
-    """Write tensors (+ the model config as JSON metadata) to a .safetensors file atomically.
+def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, Tensor], config: dict | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write tensors (+ the model config and any JSON-able `extra` as metadata) to a .safetensors file atomically.
 
-    The file is written next to its destination and renamed into place, so a reader never sees
-    half a file, even if the writer is killed.
+    The file is written and flushed to disk next to its destination, then renamed into place, so a
+    reader never sees half a file, even if the writer is killed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    metadata = {CONFIG_KEY: json.dumps(config, sort_keys=True)} if config is not None else None
+    metadata = {}
+    if config is not None:
+        metadata[CONFIG_KEY] = json.dumps(config, sort_keys=True)
+    if extra is not None:
+        metadata[EXTRA_KEY] = json.dumps(extra, sort_keys=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        save_file(tensors, tmp, metadata=metadata or None)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -43,8 +51,8 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, Tensor], conf
     return path
 
 
-def read_checkpoint_config(path: str | os.PathLike) -> dict | None:
-    """The model config stored in a .safetensors checkpoint by `save_checkpoint`, or None."""
+def read_checkpoint_metadata(path: str | os.PathLike) -> dict:
+    """{"config": ..., "extra": ...} stored in a .safetensors checkpoint by `save_checkpoint` (None where absent)."""
     from safetensors import safe_open
 
     path = _existing(path)
@@ -53,15 +61,20 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict | None:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"{path}: not a readable safetensors file ({exc}); re-export or re-download it") from None
-    return json.loads(meta[CONFIG_KEY]) if CONFIG_KEY in meta else None
+    return {name: json.loads(meta[key]) if key in meta else None for name, key in (("config", CONFIG_KEY), ("extra", EXTRA_KEY))}
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+def read_checkpoint_config(path: str | os.PathLike) -> dict | None:
+    """The model config stored in a .safetensors checkpoint by `save_checkpoint`, or None."""
+    return read_checkpoint_metadata(path)["config"]
+
+
+def read_state_dict(path: str | os.PathLike, what: str = "weights file") -> dict[str, Tensor]:
     """Tensors of a checkpoint file: .safetensors, or a PyTorch file loaded with weights_only=True.
 
-    Wrapped dicts ({'state_dict': ...}, {'model': ...}) are unwrapped.
+    Wrapped dicts ({'state_dict': ...}, {'model': ...}) are unwrapped. `what` names the file in errors.
     """
-    path = _existing(path)
+    path = _existing(path, what)
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
@@ -84,10 +97,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     return obj
 
 
-def _existing(path: str | os.PathLike) -> Path:
+def _existing(path: str | os.PathLike, what: str = "weights file") -> Path:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise WeightsError(f"weights file {path} not found: check the path (or pass weights=None for random initialization)")
+        raise WeightsError(f"{what} {path} not found: check the path")
     return path
 
 
@@ -130,7 +143,7 @@ def load_timm_backbone(model: nn.Module, path: str | os.PathLike) -> None:
 
     The Cluster module, the Regenerator and the head keep their initialization.
     """
-    sd = read_state_dict(path)
+    sd = read_state_dict(path, what="pretrained (timm) checkpoint")
     if not is_timm_vit(sd):
         raise WeightsError(f"{path}: not a timm VisionTransformer checkpoint (no blocks.0.attn.qkv.weight / pos_embed)")
     missing, _ = model.backbone.load_state_dict(timm_to_backbone(sd, model.backbone), strict=False)
