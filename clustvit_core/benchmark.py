@@ -29,9 +29,9 @@ from .flops import flop_breakdown
 from .predictor import preprocess
 from .pseudo import pseudo_clusters
 from .registry import build_model, parse_overrides
+from .data.base import IMAGE_SUFFIXES, list_images
 from .data.labels import read_labels, read_rgb
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 STEM_TAGS = re.compile(r"_(image|img|annotation|mask|label|labels|gt)$", re.IGNORECASE)
 
 
@@ -74,15 +74,15 @@ def load_samples(source: str, num_images: int, size: int, mask_dir: str | None, 
     folder = Path(source)
     if not folder.is_dir():
         raise InputError(f"--images {source}: not a folder; give a folder of images, 'synthetic[:agri|underwater]' or 'cwfid[:test]'")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:num_images]
+    images = list_images(folder)[:num_images]
     if not images:
-        raise InputError(f"--images {source}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in the folder")
+        raise InputError(f"--images {source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder")
     masks = {}
     if mask_dir:
         mask_folder = Path(mask_dir)
         if not mask_folder.is_dir():
             raise InputError(f"--oracle-clusters {mask_dir}: not a folder of label images")
-        masks = {_match_key(p): p for p in mask_folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        masks = {_match_key(p): p for p in list_images(mask_folder)}
     samples = []
     for path in images:
         labels = None

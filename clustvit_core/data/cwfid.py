@@ -2,17 +2,20 @@
 
 Layout: images/NNN_image.png, annotations/NNN_annotation.png (black soil = 0, green crop = 1,
 red weed = 2), train_test_split.yaml. The published split lists image 28 in both train and test;
-it is kept in test and dropped from train, with one warning.
+it is kept in test and dropped from train, with one warning per process.
+
+`CWFIDDataset` (registry name 'cwfid'): splits 'train' (39 images) and 'test' (21); CWFID has no
+validation split, so 'val' reads the test split.
 """
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import yaml
 
 from ..errors import InputError
+from .base import FilePairDataset, require_dir, warn_once
 
 ENV_ROOT = "CLUSTVIT_CWFID_ROOT"
 PALETTE = [[0, 0, 0], [0, 255, 0], [255, 0, 0]]
@@ -36,7 +39,8 @@ def split_ids(root: str | Path | None = None) -> dict[str, list[int]]:
     train, test = list(split["train"]), list(split["test"])
     overlap = sorted(set(train) & set(test))
     if overlap:
-        warnings.warn(f"{split_file}: images {overlap} are listed in train and test; dropped from train", stacklevel=2)
+        warn_once(("cwfid-overlap", str(split_file.resolve()), tuple(overlap)),
+                  f"{split_file}: images {overlap} are listed in train and test; dropped from train")
         train = [i for i in train if i not in overlap]
     return {"train": train, "test": test}
 
@@ -54,8 +58,31 @@ def files(root: str | Path | None = None, split: str = "test") -> list[tuple[Pat
     out = []
     for n in numbers:
         image, annotation = root / "images" / f"{n:03d}_image.png", root / "annotations" / f"{n:03d}_annotation.png"
-        for path in (image, annotation):
-            if not path.is_file():
-                raise InputError(f"{path} not found: the CWFID folder at {root} is incomplete")
+        if not image.is_file():
+            raise InputError(f"{image} not found: the CWFID folder at {root} is incomplete")
+        if not annotation.is_file():
+            raise InputError(f"{image}: no annotation {annotation}; the CWFID folder at {root} is incomplete")
         out.append((image, annotation))
     return out
+
+
+class CWFIDDataset(FilePairDataset):
+    """CWFID as Samples: colour annotations mapped through PALETTE (other colours -> 255); 'val' = 'test'."""
+
+    name = "cwfid"
+    title = "CWFID"
+    env_var = ENV_ROOT
+    class_names = tuple(CLASS_NAMES)
+    palette = tuple(map(tuple, PALETTE))
+    mask_palette = PALETTE
+    SPLITS = {"train": "train", "val": "test", "test": "test"}
+
+    @classmethod
+    def default_root(cls) -> Path:
+        return default_root()
+
+    def find_pairs(self):
+        fix = f"point --data-root (or {ENV_ROOT}) at the CWFID folder (images/, annotations/, train_test_split.yaml)"
+        require_dir(self.root / "images", fix)
+        require_dir(self.root / "annotations", fix)
+        return files(self.root, self.source_split)

@@ -1,4 +1,5 @@
-"""Reading label images: single-channel class ids, or RGB colour masks mapped through a palette."""
+"""Reading image and label files: RGB images, and label images (single-channel class ids, or RGB colour
+masks mapped through a palette)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 
-IGNORE = 255
+from . import IGNORE_INDEX as IGNORE
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
