@@ -23,6 +23,7 @@ setup(
         "opencv-python-headless>=4.9,<5",
         "pyyaml>=6.0",
         "tqdm>=4.66",
+        "matplotlib>=3.8,<4",
     ],
     data_files=[("share/clustvit_ros/config/models", sorted(glob("config/models/*.yaml")))],
 )

@@ -1,0 +1,309 @@
+"""Training and evaluation preprocessing, with mmsegmentation's semantics.
+
+Training (`TrainTransform`) follows mmseg's standard semantic-segmentation pipeline
+(RandomResize(scale=(4 * size, size), ratio_range=scale, keep_ratio=True) -> RandomCrop(size,
+cat_max_ratio) -> RandomFlip(0.5) -> PhotoMetricDistortion -> normalize -> pad to size x size).
+Evaluation (`EvalTransform`) is the plain resize that the ROS node and the benchmark use
+(`clustvit_core.predictor.preprocess`); `slide_logits` is mmseg's 'slide' inference for large images.
+
+Why OpenCV and no augmentation library: mmseg itself resizes with cv2 (bilinear images, nearest
+labels), and evaluation here does too, so training sees the same resampling kernel. The libraries
+considered do not provide these semantics: albumentations (MIT) is unmaintained since July 2025
+(its successor is AGPL), neither it nor torchvision.transforms.v2 has a `cat_max_ratio` crop, and
+their colour jitters differ from mmseg's PhotoMetricDistortion (additive brightness, plain
+multiplicative contrast, HSV-space saturation and hue), which is re-created here with cv2 in a few
+lines. torchvision's random transforms also draw from torch's global generator, which the
+bit-exact-resume requirement forbids.
+
+Randomness: every random draw comes from `numpy.random.Generator`s built from the call's `seed`
+(one stream for geometry, one for colour), so an output is a pure function of (inputs, seed): no
+global RNG is read or changed, and threads, workers or the order of calls make no difference.
+"""
+from __future__ import annotations
+
+import operator
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError, InputError
+from ..predictor import preprocess
+
+IGNORE_INDEX = 255
+CROP_TRIES = 10  # mmseg RandomCrop: re-draw the crop up to 10 times to satisfy cat_max_ratio
+# mmseg PhotoMetricDistortion defaults
+BRIGHTNESS_DELTA = 32
+CONTRAST_RANGE = (0.5, 1.5)
+SATURATION_RANGE = (0.5, 1.5)
+HUE_DELTA = 18  # OpenCV hue units (0..179)
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+def rescale_shape(h: int, w: int, long_edge: float, short_edge: float) -> tuple[int, int]:
+    """(new_h, new_w) of an h x w image scaled, keeping its aspect ratio, to fit long_edge x short_edge.
+
+    mmcv's `rescale_size`: factor = min(long_edge / max(h, w), short_edge / min(h, w)), sides rounded
+    to the nearest integer (at least 1).
+    """
+    factor = min(long_edge / max(h, w), short_edge / min(h, w))
+    return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
+
+
+def crop_box(labels: np.ndarray, size: int, rng: np.random.Generator, cat_max_ratio: float = 0.75,
+             ignore_index: int = IGNORE_INDEX) -> tuple[int, int, int, int]:
+    """A random (y0, y1, x0, x1) crop of at most size x size, as mmseg's RandomCrop chooses it.
+
+    With cat_max_ratio < 1 the crop is re-drawn (up to CROP_TRIES times) until it holds at least
+    two labelled classes and none covers cat_max_ratio or more of its labelled pixels (255 is not
+    counted); if no try succeeds the last draw is used, as in mmseg.
+    """
+    h, w = labels.shape
+    ch, cw = min(size, h), min(size, w)
+
+    def draw():
+        y0 = int(rng.integers(0, h - ch + 1))
+        x0 = int(rng.integers(0, w - cw + 1))
+        return y0, y0 + ch, x0, x0 + cw
+
+    box = draw()
+    if cat_max_ratio < 1.0:
+        for _ in range(CROP_TRIES):
+            y0, y1, x0, x1 = box
+            counts = np.bincount(labels[y0:y1, x0:x1].ravel(), minlength=256)
+            counts[ignore_index] = 0
+            counts = counts[counts > 0]
+            if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+                break
+            box = draw()
+    return box
+
+
+def _convert(values: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """values * alpha + beta, clipped to 0..255 and truncated to uint8 (mmseg PhotoMetricDistortion.convert)."""
+    return np.clip(values.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+def photometric_distortion(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """mmseg's PhotoMetricDistortion on a uint8 RGB image; each step applies with probability 0.5.
+
+    Brightness (add U(-32, 32)); contrast (multiply by U(0.5, 1.5)), before or after the colour
+    steps (coin flip); saturation (HSV S times U(0.5, 1.5)); hue (HSV H shifted by an integer in
+    [-18, 18), modulo 180). Values are clipped to 0..255 after each step.
+    """
+    if rng.integers(2):
+        image = _convert(image, beta=rng.uniform(-BRIGHTNESS_DELTA, BRIGHTNESS_DELTA))
+    contrast_first = bool(rng.integers(2))
+    if contrast_first and rng.integers(2):
+        image = _convert(image, alpha=rng.uniform(*CONTRAST_RANGE))
+    if rng.integers(2):
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+        hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(*SATURATION_RANGE))
+        image = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if rng.integers(2):
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0].astype(np.int64) + int(rng.integers(-HUE_DELTA, HUE_DELTA))) % 180
+        image = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    if not contrast_first and rng.integers(2):
+        image = _convert(image, alpha=rng.uniform(*CONTRAST_RANGE))
+    return image
+
+
+def _check_pair(image, labels) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InputError(f"TrainTransform: image must be a uint8 RGB array [H, W, 3], got shape "
+                         f"{getattr(image, 'shape', None)} dtype {getattr(image, 'dtype', type(image).__name__)}")
+    if not isinstance(labels, np.ndarray) or labels.shape != image.shape[:2]:
+        raise InputError(f"TrainTransform: labels must be an array [H, W] = {list(image.shape[:2])} like the image, "
+                         f"got shape {getattr(labels, 'shape', None)}")
+    if labels.dtype != np.uint8:
+        if not np.issubdtype(labels.dtype, np.integer) or labels.size and (labels.min() < 0 or labels.max() > 255):
+            raise InputError(f"TrainTransform: labels must be uint8 class ids (255 = ignore), got dtype {labels.dtype}")
+        labels = labels.astype(np.uint8)
+    return labels
+
+
+def _seed(seed) -> int:
+    try:
+        seed = operator.index(seed)
+    except TypeError:
+        raise InputError(f"TrainTransform: seed must be an int >= 0, got {seed!r}") from None
+    if seed < 0:
+        raise InputError(f"TrainTransform: seed must be an int >= 0, got {seed}")
+    return seed
+
+
+def _check_stats(mean, std, where: str) -> None:
+    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+        raise ConfigError(f"{where}: mean and std need 3 values each (RGB, 0-255 scale), std > 0; got {mean}, {std}")
+
+
+# ------------------------------------------------------------------------------------ training
+
+class TrainTransform:
+    """mmseg-style training augmentation: (image, labels, seed) -> (normalized image, labels) tensors.
+
+    Args:
+        size: crop side in pixels; outputs are size x size.
+        mean, std: RGB normalization on the 0-255 scale (the model config's `mean`/`std`).
+        scale: (low, high) range of the random resize ratio; the image is scaled, keeping its aspect
+            ratio, to fit (4 * size, size) * ratio (mmseg RandomResize scale=(2048, 512) for 512).
+        cat_max_ratio: re-draw a crop (up to 10 times) in which one class covers >= this share of the
+            labelled pixels; 1.0 disables the check.
+        ignore_index: label of unlabelled pixels; also the label of padding.
+        flip: horizontal flip with probability 0.5.
+        photometric: mmseg PhotoMetricDistortion (brightness, contrast, saturation, hue).
+
+    Steps: resize (image bilinear, labels nearest) -> crop -> flip -> photometric -> normalize ->
+    pad at the bottom/right to size x size. As in mmseg, padding comes after normalization, so
+    padded image pixels are 0 in normalized units (the mean colour) and padded labels are
+    `ignore_index`.
+
+    `__call__(image, labels, seed)`: image uint8 [H, W, 3] RGB, labels uint8 [H, W], seed int >= 0
+    -> (float32 [3, size, size], int64 [size, size]). A pure function of its arguments (see the
+    module docstring); geometry and colour use separate random streams, so turning `photometric`
+    on or off leaves the labels of a seed unchanged.
+    """
+
+    def __init__(self, size: int, mean, std, scale=(0.5, 2.0), cat_max_ratio=0.75, ignore_index=IGNORE_INDEX,
+                 flip=True, photometric=True):
+        if not isinstance(size, int) or size < 1:
+            raise ConfigError(f"TrainTransform: size must be a positive int, got {size!r}")
+        lo, hi = (float(v) for v in scale)
+        if not 0 < lo <= hi:
+            raise ConfigError(f"TrainTransform: scale=(low, high) needs 0 < low <= high, got {tuple(scale)}")
+        if not 0 < cat_max_ratio <= 1:
+            raise ConfigError(f"TrainTransform: cat_max_ratio must lie in (0, 1], got {cat_max_ratio}")
+        if not 0 <= ignore_index <= 255:
+            raise ConfigError(f"TrainTransform: ignore_index must lie in 0..255, got {ignore_index}")
+        _check_stats(mean, std, "TrainTransform")
+        self.size = size
+        self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]
+        self.scale = (lo, hi)
+        self.cat_max_ratio = float(cat_max_ratio)
+        self.ignore_index = int(ignore_index)
+        self.flip = bool(flip)
+        self.photometric = bool(photometric)
+
+    def __repr__(self) -> str:
+        return (f"TrainTransform(size={self.size}, scale={self.scale}, cat_max_ratio={self.cat_max_ratio}, "
+                f"flip={self.flip}, photometric={self.photometric})")
+
+    def __call__(self, image: np.ndarray, labels: np.ndarray, seed: int) -> tuple[Tensor, Tensor]:
+        labels = _check_pair(image, labels)
+        geometry, colour = (np.random.default_rng(s) for s in np.random.SeedSequence(_seed(seed)).spawn(2))
+
+        # Random resize, keeping the aspect ratio (mmseg RandomResize + Resize(keep_ratio=True)).
+        ratio = geometry.uniform(*self.scale)
+        long_edge, short_edge = int(4 * self.size * ratio), int(self.size * ratio)
+        h, w = rescale_shape(*labels.shape, long_edge, short_edge)
+        if (h, w) != labels.shape:
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+            labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+
+        y0, y1, x0, x1 = crop_box(labels, self.size, geometry, self.cat_max_ratio, self.ignore_index)
+        image, labels = image[y0:y1, x0:x1], labels[y0:y1, x0:x1]
+
+        if self.flip and geometry.random() < 0.5:
+            image, labels = image[:, ::-1], labels[:, ::-1]
+        image, labels = np.ascontiguousarray(image), np.ascontiguousarray(labels)
+
+        if self.photometric:
+            image = photometric_distortion(image, colour)
+
+        x = preprocess(image, image.shape[:2], self.mean, self.std)[0]  # the one normalization of the project
+        y = torch.from_numpy(labels.astype(np.int64))
+        pad_h, pad_w = self.size - x.shape[1], self.size - x.shape[2]
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), value=0.0)
+            y = F.pad(y, (0, pad_w, 0, pad_h), value=self.ignore_index)
+        return x, y
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+class EvalTransform:
+    """Plain resize + normalization, exactly as the ROS node and the benchmark prepare images.
+
+    `__call__(image uint8 [H, W, 3] RGB) -> float32 [3, h, w]` with (h, w) = size (int: square).
+    """
+
+    def __init__(self, size: int | tuple[int, int], mean, std):
+        _check_stats(mean, std, "EvalTransform")
+        self.size = size
+        self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(size={self.size})"
+
+    def __call__(self, image: np.ndarray) -> Tensor:
+        return preprocess(image, self.size, self.mean, self.std)[0]
+
+
+def slide_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """Input shape for slide inference: the image scaled to fit (4 * size, size), keeping its aspect
+    ratio (mmseg's test-time Resize(scale=(2048, 512), keep_ratio=True) for size 512)."""
+    return rescale_shape(h, w, 4 * size, size)
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ConfigError(f"slide_logits: {name} must be a positive int or (h, w), got {value!r}")
+    return pair
+
+
+def slide_logits(model: nn.Module, image_tensor: Tensor, crop: int, stride: int, num_classes: int, *,
+                 keep_bias: float = 0.0, window_outputs: list | None = None) -> Tensor:
+    """mmseg 'slide' inference: class logits of a large image as the average over overlapping windows.
+
+    Windows of crop x crop start every `stride` pixels; the last row/column of windows is moved
+    back to end at the image border; each pixel's logits are the mean over the windows covering it
+    (mmseg averages logits, not probabilities). Images smaller than `crop` run as one window.
+
+    Args:
+        model: a ClustViT (called as model(window, keep_bias=...) -> output with `.logits`).
+        image_tensor: normalized float [B, 3, H, W] (usually B = 1).
+        crop, stride: window side and step in pixels (int, or (h, w)).
+        num_classes: channels of the returned logits.
+        keep_bias: passed to the model.
+        window_outputs: if a list, each window's (y0, x0, model output) is appended (token counts etc.).
+    Returns:
+        float [B, num_classes, H, W].
+    """
+    (ch, cw), (sh, sw) = _pair(crop, "crop"), _pair(stride, "stride")
+    B, _, H, W = image_tensor.shape
+    rows = max(H - ch + sh - 1, 0) // sh + 1
+    cols = max(W - cw + sw - 1, 0) // sw + 1
+    logits = image_tensor.new_zeros((B, num_classes, H, W))
+    count = image_tensor.new_zeros((1, 1, H, W))
+    for r in range(rows):
+        for c in range(cols):
+            y1, x1 = min(r * sh + ch, H), min(c * sw + cw, W)
+            y0, x0 = max(y1 - ch, 0), max(x1 - cw, 0)
+            out = model(image_tensor[:, :, y0:y1, x0:x1], keep_bias=keep_bias)
+            if out.logits.shape[1] != num_classes:
+                raise InputError(f"slide_logits: the model gives {out.logits.shape[1]} classes, num_classes={num_classes}")
+            logits[:, :, y0:y1, x0:x1] += out.logits
+            count[:, :, y0:y1, x0:x1] += 1
+            if window_outputs is not None:
+                window_outputs.append((y0, x0, out))
+    return logits / count
+
+
+class SlideModel(nn.Module):
+    """`model` wrapped so that calling it runs `slide_logits` (e.g. to count the FLOPs of slide inference)."""
+
+    def __init__(self, model: nn.Module, crop, stride, num_classes: int, keep_bias: float = 0.0):
+        super().__init__()
+        self.model, self.crop, self.stride, self.num_classes, self.keep_bias = model, crop, stride, num_classes, keep_bias
+
+    def forward(self, images: Tensor) -> Tensor:
+        return slide_logits(self.model, images, self.crop, self.stride, self.num_classes, keep_bias=self.keep_bias)
+
+
+__all__ = ["TrainTransform", "EvalTransform", "slide_logits", "slide_shape", "SlideModel", "rescale_shape",
+           "crop_box", "photometric_distortion", "IGNORE_INDEX"]

@@ -1,0 +1,429 @@
+"""Train a registry model: `python -m clustvit_core.train MODEL_OR_YAML [options] [key=value ...]`.
+
+Loss = CE(segmentation logits, labels; 255 ignored) + aux_weight * CE(Cluster-module logits,
+pseudo-clusters of the labels). SGD with poly decay. Checkpoints are .safetensors files written
+atomically; `--resume` continues bit for bit where the last checkpoint left off (model, optimizer,
+iteration, RNG): the data order and every augmentation are pure functions of (seed, position in
+the sample stream), so nothing else needs saving. Works under `torchrun --nproc_per_node N`
+(DistributedDataParallel; rank 0 logs, validates and writes checkpoints).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data import IGNORE_INDEX, build_dataset
+from .errors import ConfigError, cli_errors
+from .pseudo import pseudo_clusters
+from .registry import DEFAULTS, build_model, load_config, parse_overrides
+from .weights import load_timm_backbone, read_checkpoint_metadata, read_state_dict, save_checkpoint
+
+# Trainer settings: defaults, overridable in a model YAML's `train:` mapping and on the command line.
+TRAIN_DEFAULTS = {
+    "iters": 80000,
+    "batch_size": 8,  # per process
+    "lr": 1e-3,
+    "min_lr": 1e-4,
+    "power": 0.9,
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "aux_weight": 0.1,
+    "scale": [0.5, 2.0],
+    "cat_max_ratio": 0.75,
+    "seed": 0,
+    "num_workers": 2,
+    "amp": False,
+    "log_interval": 10,
+    "val_interval": 1000,
+    "val_images": 100,  # at most this many validation images per validation
+    "ckpt_interval": 1000,
+    "keep_last": 3,
+}
+CKPT_DIR = "checkpoints"
+CKPT_NAME = re.compile(r"iter_(\d{7})\.safetensors$")
+
+
+# ----------------------------------------------------------------------------- data stream
+
+
+class SampleStream(torch.utils.data.Dataset):
+    """Position p of an endless stream of augmented training samples.
+
+    Epoch e = p // n visits the dataset in a permutation seeded by (seed, e); the augmentation of
+    position p is seeded by (seed, p). So the stream is a pure function of the seed: a resumed run,
+    any number of loader workers and any number of processes see exactly the same samples.
+    """
+
+    def __init__(self, dataset, transform, seed: int):
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+
+    @functools.lru_cache(maxsize=2)
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+
+    def __len__(self) -> int:  # positions are unbounded; the batch sampler decides which to read
+        return sys.maxsize
+
+    def __getitem__(self, position: int):
+        n = len(self.dataset)
+        sample = self.dataset[int(self._permutation(position // n)[position % n])]
+        aug_seed = int(np.random.default_rng([self.seed, 1, position]).integers(2**31))
+        return self.transform(sample.image, sample.labels, seed=aug_seed)
+
+
+class StreamBatches(torch.utils.data.Sampler):
+    """Batches of stream positions for iterations start..stop-1; process `rank` of `world` takes its share
+    of each global batch (the role DistributedSampler plays for epoch-based loaders)."""
+
+    def __init__(self, batch_size: int, start: int, stop: int, rank: int = 0, world: int = 1):
+        self.batch_size, self.start, self.stop, self.rank, self.world = batch_size, start, stop, rank, world
+
+    def __iter__(self):
+        for it in range(self.start, self.stop):
+            first = (it * self.world + self.rank) * self.batch_size
+            yield list(range(first, first + self.batch_size))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def poly_lr(it: int, iters: int, lr: float, min_lr: float, power: float) -> float:
+    """Polynomial decay from lr to min_lr over `iters` iterations."""
+    return (lr - min_lr) * (1 - it / iters) ** power + min_lr
+
+
+def compute_loss(model, images, labels, aux_weight: float) -> tuple[torch.Tensor, dict]:
+    """(total loss, {"seg": ..., "cluster": ..., "tokens": ...}) for a batch."""
+    out = model(images)
+    seg = F.cross_entropy(out.logits.float(), labels, ignore_index=IGNORE_INDEX)
+    parts = {"seg": seg.detach(), "tokens": out.tokens.float().mean()}
+    loss = seg
+    if out.cluster_logits is not None:
+        k = out.cluster_logits.shape[-1] - 1
+        target = pseudo_clusters(labels, k).flatten(1)
+        cluster = F.cross_entropy(out.cluster_logits.float().flatten(0, 1), target.flatten())
+        parts["cluster"] = cluster.detach()
+        loss = seg + aux_weight * cluster
+    return loss, parts
+
+
+def training_settings(cfg: dict, overrides: dict) -> dict:
+    settings = {**TRAIN_DEFAULTS, **(cfg.get("train") or {})}
+    unknown = sorted(set(settings) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{cfg.get('_source', cfg['name'])}: unknown train setting(s) {unknown}; valid: {', '.join(TRAIN_DEFAULTS)}")
+    settings.update(overrides)
+    for key in ("iters", "batch_size", "log_interval", "val_interval", "ckpt_interval", "keep_last"):
+        if not isinstance(settings[key], int) or settings[key] < 1:
+            raise ConfigError(f"{key}={settings[key]!r}: must be an integer >= 1")
+    if not 0 < settings["lr"] or not 0 <= settings["min_lr"] <= settings["lr"]:
+        raise ConfigError(f"lr={settings['lr']}, min_lr={settings['min_lr']}: need 0 <= min_lr <= lr, lr > 0")
+    return settings
+
+
+def split_overrides(items: list[str]) -> tuple[dict, dict]:
+    """key=value items -> (model config overrides, trainer overrides); `train.KEY=...` forces the trainer."""
+    model_over, train_over = {}, {}
+    for key, value in parse_overrides(items).items():
+        name = key.removeprefix("train.")
+        if key.startswith("train.") or (name in TRAIN_DEFAULTS and name not in DEFAULTS):
+            if name not in TRAIN_DEFAULTS:
+                raise ConfigError(f"unknown train setting {name!r}; valid: {', '.join(TRAIN_DEFAULTS)}")
+            train_over[name] = value
+        else:
+            model_over[key] = value
+    return model_over, train_over
+
+
+def latest_checkpoint(work_dir: Path) -> Path | None:
+    found = sorted((int(m.group(1)), p) for p in (work_dir / CKPT_DIR).glob("iter_*.safetensors") if (m := CKPT_NAME.search(p.name)))
+    return found[-1][1] if found else None
+
+
+def _state_tensors(model, optimizer) -> dict[str, torch.Tensor]:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, p in enumerate(params):
+        for name, value in optimizer.state.get(p, {}).items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{i}.{name}"] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    return tensors
+
+
+def _restore(path: Path, model, optimizer, scaler) -> dict:
+    tensors = read_state_dict(path)
+    extra = read_checkpoint_metadata(path)["extra"] or {}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, i, name = key.split(".", 2)
+            optimizer.state[params[int(i)]][name] = value.to(params[int(i)].device)
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    if scaler is not None and extra.get("scaler"):
+        scaler.load_state_dict(extra["scaler"])
+    return extra
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    def __init__(self, args):
+        self.args = args
+        model_over, train_over = split_overrides(args.overrides)
+        for flag, key in (("iters", "iters"), ("batch_size", "batch_size"), ("seed", "seed"), ("num_workers", "num_workers")):
+            if getattr(args, flag) is not None:
+                train_over[key] = getattr(args, flag)
+        if args.amp:
+            train_over["amp"] = True
+        self.cfg = load_config(args.model, **model_over)
+        self.settings = training_settings(self.cfg, train_over)
+        self.work_dir = Path(args.work_dir or Path("work_dirs") / self.cfg["name"])
+
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed:
+            backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
+            dist.init_process_group(backend)
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.device = self._device(args.device)
+        self.is_main = self.rank == 0
+
+    def _device(self, name: str) -> torch.device:
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        if name.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise ConfigError(f"--device {name}: no CUDA device is available; use --device cpu")
+            if self.distributed and name == "cuda":
+                name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(torch.device(name))
+        return torch.device(name)
+
+    def log(self, message: str) -> None:
+        if self.is_main:
+            tqdm.write(message)
+
+    def run(self) -> Path:
+        from .data.transforms import TrainTransform
+
+        s, cfg = self.settings, self.cfg
+        torch.manual_seed(s["seed"])
+        model = build_model(cfg)
+        if cfg["pretrained"]:
+            load_timm_backbone(model, cfg["pretrained"])
+            self.log(f"backbone initialized from {cfg['pretrained']}")
+        elif self.is_main:
+            self.log("no `pretrained:` checkpoint in the config: training from random initialization")
+        model.to(self.device).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
+        amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        scaler = torch.amp.GradScaler(self.device.type) if s["amp"] and amp_dtype == torch.float16 else None
+
+        start, extra = 0, {}
+        ckpt = latest_checkpoint(self.work_dir) if self.args.resume else None
+        if self.args.resume and ckpt is None:
+            self.log(f"--resume: no checkpoint in {self.work_dir / CKPT_DIR}; starting from iteration 0")
+        if ckpt is not None:
+            extra = _restore(ckpt, model, optimizer, scaler)
+            start = int(extra["iteration"])
+            self.log(f"resumed from {ckpt} (iteration {start})")
+        best = extra.get("best_miou")
+
+        train_set = build_dataset(cfg["dataset"], "train", root=self.args.data_root)
+        if len(train_set) == 0:
+            raise ConfigError(f"dataset {cfg['dataset']!r} has no training images")
+        val_set = build_dataset(cfg["dataset"], "val", root=self.args.data_root) if self.is_main else None
+        transform = TrainTransform(cfg["img_size"], cfg["mean"], cfg["std"], scale=tuple(s["scale"]), cat_max_ratio=s["cat_max_ratio"])
+        stream = SampleStream(train_set, transform, s["seed"])
+        loader = torch.utils.data.DataLoader(
+            stream, batch_sampler=StreamBatches(s["batch_size"], start, s["iters"], self.rank, self.world),
+            num_workers=s["num_workers"], pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(s["seed"]),  # keeps the loader off the global RNG (bit-exact resume)
+        )
+        net = model
+        if self.distributed:
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None, find_unused_parameters=model.clustering
+            )
+
+        if self.is_main:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            (self.work_dir / "config.json").write_text(json.dumps({"model": cfg, "train": s, "world_size": self.world}, indent=2, default=str))
+        csv_log = self.work_dir / "metrics.csv" if self.is_main else None
+        board = self._tensorboard() if self.is_main else None
+        bar = tqdm(total=s["iters"], initial=start, desc=cfg["name"], disable=not self.is_main or self.args.quiet, dynamic_ncols=True)
+        seen, t0 = 0, time.perf_counter()
+        it = start
+        try:
+            for images, labels in loader:
+                lr = poly_lr(it, s["iters"], s["lr"], s["min_lr"], s["power"])
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=s["amp"]):
+                    loss, parts = compute_loss(net, images, labels, s["aux_weight"])
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                if not math.isfinite(loss.item()):
+                    raise RuntimeError(f"loss became {loss.item()} at iteration {it + 1}; lower lr (now {lr:.2e}) or disable --amp")
+                it += 1
+                seen += images.shape[0] * self.world
+                bar.update(1)
+                if it % s["log_interval"] == 0 or it == s["iters"]:
+                    rate = seen / (time.perf_counter() - t0)
+                    row = {"iter": it, "loss": loss.item(), "seg_loss": parts["seg"].item(),
+                           "cluster_loss": parts["cluster"].item() if "cluster" in parts else float("nan"),
+                           "lr": lr, "img_s": rate, "train_tokens": parts["tokens"].item()}
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", seg=f"{row['seg_loss']:.3f}", clu=f"{row['cluster_loss']:.3f}", lr=f"{lr:.1e}", img_s=f"{rate:.1f}")
+                    self._record(csv_log, board, row)
+                    if self.args.quiet and self.is_main:
+                        print(f"iter {it}/{s['iters']} loss {row['loss']:.4f} seg {row['seg_loss']:.4f} cluster {row['cluster_loss']:.4f} lr {lr:.3e}", flush=True)
+                if self.is_main and (it % s["val_interval"] == 0 or it == s["iters"]):
+                    metrics = self._validate(model, val_set)
+                    self._record(csv_log, board, {"iter": it, **{f"val_{k}": v for k, v in metrics.items()}})
+                    self.log(f"iteration {it}: val mIoU {metrics['miou']:.4f}, tokens {metrics['tokens_mean']:.1f}")
+                    if best is None or metrics["miou"] > best or (math.isnan(best) and not math.isnan(metrics["miou"])):
+                        best = metrics["miou"]
+                        save_checkpoint(self.work_dir / "best.safetensors", model.state_dict(), cfg, {"iteration": it, "miou": best})
+                if self.is_main and (it % s["ckpt_interval"] == 0 or it == s["iters"]):
+                    self._save(model, optimizer, scaler, it, best)
+        except KeyboardInterrupt:
+            if self.is_main and it > start:
+                path = self._save(model, optimizer, scaler, it, best)
+                self.log(f"interrupted: state saved to {path}; continue with --resume")
+            raise
+        finally:
+            bar.close()
+            if board is not None:
+                board.close()
+            if self.distributed:
+                dist.destroy_process_group()
+        final = self.work_dir / "final.safetensors"
+        if self.is_main:
+            save_checkpoint(final, model.state_dict(), cfg, {"iteration": it, "best_miou": best})
+            self.log(f"done: {final}" + (f" (best val mIoU {best:.4f}: {self.work_dir / 'best.safetensors'})" if best is not None else ""))
+        return final
+
+    def _save(self, model, optimizer, scaler, it: int, best) -> Path:
+        extra = {"iteration": it, "best_miou": best, "settings": self.settings}
+        if scaler is not None:
+            extra["scaler"] = scaler.state_dict()
+        path = save_checkpoint(self.work_dir / CKPT_DIR / f"iter_{it:07d}.safetensors", _state_tensors(model, optimizer), self.cfg, extra)
+        old = sorted(p for p in (self.work_dir / CKPT_DIR).glob("iter_*.safetensors") if CKPT_NAME.search(p.name))
+        for stale in old[: -self.settings["keep_last"]]:
+            stale.unlink()
+        return path
+
+    def _validate(self, model, val_set) -> dict:
+        from .evaluate import evaluate
+
+        was_training = model.training
+        model.eval()
+        rng_state = torch.get_rng_state()  # validation must not shift the training RNG stream
+        try:
+            result = evaluate(model, val_set, max_images=self.settings["val_images"], device=self.device, progress=False)
+        finally:
+            torch.set_rng_state(rng_state)
+            model.train(was_training)
+        miou = result["miou"]  # None when the validation images hold no labelled pixel
+        return {"miou": float("nan") if miou is None else float(miou), "tokens_mean": float(result["tokens"]["mean"])}
+
+    def _record(self, csv_path, board, row: dict) -> None:
+        if csv_path is None:
+            return
+        new = not csv_path.exists()
+        with csv_path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["iter", "name", "value"])
+            for key, value in row.items():
+                if key != "iter":
+                    writer.writerow([row["iter"], key, value])
+        if board is not None:
+            for key, value in row.items():
+                if key != "iter":
+                    board.add_scalar(key, value, row["iter"])
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.work_dir / "tensorboard"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m clustvit_core.train",
+        description="Train a ClustViT (or plain ViT) segmentation model from the registry or a YAML file. "
+        "Writes work_dirs/NAME/{checkpoints/iter_*.safetensors, best.safetensors, final.safetensors, metrics.csv, config.json}.",
+        epilog="Examples:\n"
+        "  python -m clustvit_core.train cwfid_k3_ip3 --data-root ../shared/data/cwfid --iters 20000\n"
+        "  python -m clustvit_core.train synthetic_agri_k3_ip3 --iters 2000 --batch-size 8 lr=0.01 img_size=256\n"
+        "  python -m clustvit_core.train cwfid_k3_ip3 --resume            # continue after a crash or Ctrl-C\n"
+        "  torchrun --nproc_per_node 2 -m clustvit_core.train cwfid_k3_ip3  # one process per GPU\n"
+        "key=value overrides set model settings (backbone, k, ip, img_size, pretrained, ...) or trainer\n"
+        f"settings ({', '.join(TRAIN_DEFAULTS)}); prefix train. to force the latter.\n"
+        "--batch-size is per process. `pretrained: PATH` in the model YAML (or pretrained=PATH) starts the\n"
+        "backbone from a local timm ImageNet ViT checkpoint; without it training starts from random weights.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", help="registry name (see config/models/) or path to a model .yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="model or trainer settings, e.g. lr=0.01 k=2")
+    parser.add_argument("--data-root", default=None, help="dataset folder (default: the dataset's environment variable / default location)")
+    parser.add_argument("--work-dir", default=None, help="output folder (default work_dirs/MODEL)")
+    parser.add_argument("--iters", type=int, default=None, help=f"training iterations (default {TRAIN_DEFAULTS['iters']})")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"images per iteration and process (default {TRAIN_DEFAULTS['batch_size']})")
+    parser.add_argument("--seed", type=int, default=None, help="seed of initialization, data order and augmentation (default 0)")
+    parser.add_argument("--num-workers", type=int, default=None, help="data loader worker processes (default 2)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (fp16 on GPU, bf16 on CPU)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the work dir")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_intermixed_args(argv)
+    with cli_errors("clustvit_core.train"):
+        try:
+            Trainer(args).run()
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
