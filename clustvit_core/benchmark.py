@@ -28,6 +28,7 @@ from .errors import ConfigError, InputError, cli_errors
 from .flops import flop_breakdown
 from .predictor import preprocess
 from .pseudo import pseudo_clusters
+from .readme import command_line, replace_section
 from .registry import build_model, parse_overrides
 from .data.base import IMAGE_SUFFIXES, list_images
 from .data.labels import read_labels, read_rgb
@@ -238,17 +239,6 @@ def format_table(summary: list[dict]) -> str:
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
-def update_readme(path: Path, section: str, text: str) -> None:
-    """Replace the marked section of a Markdown file with `text`."""
-    begin, end = f"<!-- BEGIN benchmark:{section} -->", f"<!-- END benchmark:{section} -->"
-    content = path.read_text()
-    if begin not in content or end not in content:
-        raise InputError(f"{path}: markers {begin} / {end} not found; add them where the table belongs")
-    head, rest = content.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m clustvit_core.benchmark",
@@ -302,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         print(setup_line)
         print(table)
         if args.update_readme:
-            command = "python -m clustvit_core.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
-            update_readme(args.update_readme, args.readme_section, f"`{command}`\n\n{setup_line}\n\n{table}")
+            command = command_line("clustvit_core.benchmark", argv)
+            replace_section(args.update_readme, args.readme_section, f"`{command}`\n\n{setup_line}\n\n{table}")
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             setup = {k: v for k, v in vars(args).items() if k != "json"}

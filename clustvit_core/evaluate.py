@@ -55,6 +55,7 @@ from .metrics import (
 )
 from .predictor import preprocess
 from .pseudo import pseudo_clusters
+from .readme import command_line, replace_section
 from .registry import build_model, parse_overrides
 
 HISTOGRAM_BINS = 16
@@ -443,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="count FLOPs on the first N images, or 'all' (default 4; 0 skips)")
     parser.add_argument("--recall-exclude", nargs="+", default=[], metavar="CLASS", help="classes (names or ids) left out of the size-stratified recall")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--update-readme", type=Path, default=None, metavar="README",
+                        help="also write the table between '<!-- BEGIN benchmark:SECTION -->' and '<!-- END benchmark:SECTION -->' of this file")
+    parser.add_argument("--readme-section", default="eval", metavar="SECTION", help="marker name for --update-readme (default eval)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="model config overrides, e.g. --set num_classes=3 img_size=384")
@@ -488,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         write_report(result, out_dir)
         if not args.quiet:
             print(format_markdown(result))
+        if args.update_readme:
+            replace_section(args.update_readme, args.readme_section, f"`{command_line('clustvit_core.evaluate', argv)}`\n\n{format_markdown(result)}")
         print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'metrics.md'}"
               + (f" and {len(result['figures'])} figures" if result["figures"] else ""), file=sys.stderr)
     return 0
