@@ -15,6 +15,15 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 
+def init_linear_layers(module: nn.Module) -> None:
+    """ViT initialization of every Linear inside `module`: truncated normal (std 0.02) weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class SegmenterHead(nn.Module):
     """Mask transformer (Strudel et al. 2021): patch tokens and learned class embeddings pass through
     `num_layers` transformer layers; masks are scalar products of L2-normalized patch and class features."""
@@ -32,11 +41,7 @@ class SegmenterHead(nn.Module):
         self.decoder_norm = norm(embed_dim)
         self.mask_norm = norm(num_classes)
         trunc_normal_(self.cls_emb, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_linear_layers(self)
 
     def forward(self, features: list[Tensor]) -> Tensor:
         """features: list whose last item is [B, D, h, w] -> [B, num_classes, h, w]."""

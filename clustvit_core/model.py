@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .merge import assign_clusters, attention_mask, merge_tokens, plan_merge, regenerate
 from .errors import ConfigError, InputError
-from .heads import SegmenterHead, UPerHead
+from .heads import SegmenterHead, UPerHead, init_linear_layers
 
 # name: (embed_dim, depth, num_heads, cluster MLP hidden size, UPerNet feature indices)
 BACKBONES = {
@@ -151,11 +151,7 @@ class ClustViTBackbone(nn.Module):
     def _init_weights(self) -> None:
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_linear_layers(self)
 
     def position_embedding(self, grid: tuple[int, int]) -> Tensor:
         """[1, 1 + h*w, D], resampled (bicubic) when the input grid differs from the trained one."""

@@ -10,7 +10,7 @@ import torch
 from clustvit_core.data.transforms import (
     EvalTransform, TrainTransform, crop_box, photometric_distortion, rescale_shape, slide_logits,
 )
-from clustvit_core.errors import InputError
+from clustvit_core.errors import ConfigError, InputError
 from clustvit_core.predictor import preprocess
 
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
@@ -202,7 +202,7 @@ def test_bad_inputs_raise_clear_errors():
         tf(image.astype(np.float32), labels, 0)
     with pytest.raises(InputError, match="labels must be"):
         tf(image, labels[:10], 0)
-    with pytest.raises(InputError, match="seed"):
+    with pytest.raises(ConfigError, match="TrainTransform: seed must be an int >= 0"):
         tf(image, labels, -1)
 
 

@@ -53,6 +53,17 @@ def require_dir(path: Path, fix: str) -> Path:
     return path
 
 
+def parse_seed(seed, where: str) -> int:
+    """`seed` as an int >= 0, else a ConfigError naming `where`."""
+    try:
+        seed = operator.index(seed)
+    except TypeError:
+        raise ConfigError(f"{where}: seed must be an int >= 0, got {seed!r}") from None
+    if seed < 0:
+        raise ConfigError(f"{where}: seed must be an int >= 0, got {seed}")
+    return seed
+
+
 def list_images(folder: Path, suffixes=IMAGE_SUFFIXES) -> list[Path]:
     """Image files directly in `folder` (by suffix, case-insensitive), sorted by name."""
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())

@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError
+from .base import parse_seed
 
 SCENES = ("agri", "underwater")
 CLASS_NAMES = {"agri": ["soil", "crop", "weed"], "underwater": ["water", "seafloor", "fish", "reef"]}
@@ -56,7 +57,7 @@ def make_scene(kind: str, seed: int, size: int | tuple[int, int] = 512) -> tuple
     """
     _check_kind(kind, "make_scene")
     h, w = _parse_size(size)
-    rng = np.random.default_rng(np.random.SeedSequence([_parse_seed(seed), SCENES.index(kind)]))
+    rng = np.random.default_rng(np.random.SeedSequence([parse_seed(seed, 'make_scene'), SCENES.index(kind)]))
     return _agri(rng, h, w) if kind == "agri" else _underwater(rng, h, w)
 
 
@@ -87,7 +88,7 @@ class SyntheticScenes:
         self.kind = kind
         self.num_images = num_images
         self.size = _parse_size(size)
-        self.seed = _parse_seed(seed)
+        self.seed = parse_seed(seed, 'SyntheticScenes')
         self.class_names = list(CLASS_NAMES[kind])
         self.num_classes = len(self.class_names)
         self.palette = list(PALETTES[kind])
@@ -132,16 +133,6 @@ def _parse_size(size) -> tuple[int, int]:
     if h < 16 or w < 16:
         raise ConfigError(f"size must be at least 16 pixels per side (one 16x16 patch), got {size!r}")
     return h, w
-
-
-def _parse_seed(seed) -> int:
-    try:
-        seed = operator.index(seed)
-    except TypeError:
-        raise ConfigError(f"seed must be an int >= 0, got {seed!r}") from None
-    if seed < 0:
-        raise ConfigError(f"seed must be an int >= 0, got {seed}")
-    return seed
 
 
 def _scale(h: int, w: int) -> tuple[float, float]:

@@ -21,7 +21,6 @@ global RNG is read or changed, and threads, workers or the order of calls make n
 """
 from __future__ import annotations
 
-import operator
 
 import cv2
 import numpy as np
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError, InputError
+from .base import parse_seed
 from ..predictor import preprocess
 
 IGNORE_INDEX = 255
@@ -126,16 +126,6 @@ def _check_pair(image, labels) -> np.ndarray:
     return labels
 
 
-def _seed(seed) -> int:
-    try:
-        seed = operator.index(seed)
-    except TypeError:
-        raise InputError(f"TrainTransform: seed must be an int >= 0, got {seed!r}") from None
-    if seed < 0:
-        raise InputError(f"TrainTransform: seed must be an int >= 0, got {seed}")
-    return seed
-
-
 def _check_stats(mean, std, where: str) -> None:
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise ConfigError(f"{where}: mean and std need 3 values each (RGB, 0-255 scale), std > 0; got {mean}, {std}")
@@ -194,7 +184,7 @@ class TrainTransform:
 
     def __call__(self, image: np.ndarray, labels: np.ndarray, seed: int) -> tuple[Tensor, Tensor]:
         labels = _check_pair(image, labels)
-        geometry, colour = (np.random.default_rng(s) for s in np.random.SeedSequence(_seed(seed)).spawn(2))
+        geometry, colour = (np.random.default_rng(s) for s in np.random.SeedSequence(parse_seed(seed, 'TrainTransform')).spawn(2))
 
         # Random resize, keeping the aspect ratio (mmseg RandomResize + Resize(keep_ratio=True)).
         ratio = geometry.uniform(*self.scale)
