@@ -12,6 +12,7 @@ setup(
     name="clustvit",
     version="0.1.0",
     description="ClustViT: fast ViT semantic segmentation by clustering background tokens",
+    license="Apache-2.0",
     packages=find_packages(include=["clustvit_core", "clustvit_core.*"]),
     python_requires=">=3.10",
     install_requires=[

@@ -47,13 +47,22 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def share_dirs() -> list[Path]:
+    """share/clustvit_ros of the installs this package may come from: the prefix this file is installed
+    under (a colcon install/ folder, a virtual environment), then sys.prefix."""
+    here = Path(__file__).resolve()
+    prefixes = [here.parents[4]] if here.parents[1].name in ("site-packages", "dist-packages") else []
+    prefixes.append(Path(sys.prefix))
+    return [p / "share" / "clustvit_ros" for p in dict.fromkeys(prefixes)]
+
+
 def config_dirs() -> list[Path]:
     """Where model YAML files are looked for, in order."""
     dirs = []
     if os.environ.get(ENV_CONFIG_DIR):
         dirs.append(Path(os.environ[ENV_CONFIG_DIR]))
     dirs.append(Path(__file__).resolve().parent.parent / "config" / "models")  # source checkout
-    dirs.append(Path(sys.prefix) / "share" / "clustvit_ros" / "config" / "models")  # installed
+    dirs += [share / "config" / "models" for share in share_dirs()]  # installed
     return [d for d in dirs if d.is_dir()]
 
 
@@ -212,7 +221,7 @@ def weights_search_path() -> list[Path]:
     """Folders searched for a registry entry's weights file, in order."""
     dirs = [Path(p) for p in os.environ.get(ENV_WEIGHTS_DIRS, "").split(os.pathsep) if p]
     dirs.append(Path(__file__).resolve().parent.parent / "weights")
-    dirs.append(Path(sys.prefix) / "share" / "clustvit_ros" / "weights")
+    dirs += [share / "weights" for share in share_dirs()]
     dirs.append(Path.home() / ".cache" / "clustvit")
     return dirs
 
