@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test benchmark-cwfid benchmark-batching clean
+.PHONY: setup demo test benchmark-cwfid benchmark-batching evaluate-demo clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ benchmark-cwfid: $(STAMP)
 
 benchmark-batching: $(STAMP)
 	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 16 --size 512 --oracle-clusters --batch 8 --batch-modes pad split --rounds 2 --threads 2 --json out/benchmark_batching.json --update-readme README.md --readme-section batching
+
+evaluate-demo: $(STAMP)
+	$(PY) -m clustvit_core.evaluate synthetic_agri_k3_ip3 --weights default --split test --threads 2 --flops-images all --out out/eval/demo --update-readme README.md --readme-section demo
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

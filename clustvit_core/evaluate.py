@@ -308,6 +308,12 @@ def _fmt(value, digits: int = 1, percent: bool = True) -> str:
     return f"{100 * value:.{digits}f}" if percent else f"{value:.{digits}f}"
 
 
+def format_summary(result: dict) -> str:
+    """The headline and per-class tables of `format_markdown`, without headings (for a README section)."""
+    report = format_markdown(result).split("\n## Size-stratified")[0]
+    return "\n".join(line for line in report.splitlines() if not line.startswith("#")).strip()
+
+
 def format_markdown(result: dict) -> str:
     """The human-readable report (metrics.md) of an `evaluate` result."""
     names = result["class_names"]
@@ -493,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(format_markdown(result))
         if args.update_readme:
-            replace_section(args.update_readme, args.readme_section, f"`{command_line('clustvit_core.evaluate', argv)}`\n\n{format_markdown(result)}")
+            replace_section(args.update_readme, args.readme_section, f"`{command_line('clustvit_core.evaluate', argv)}`\n\n{format_summary(result)}")
         print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'metrics.md'}"
               + (f" and {len(result['figures'])} figures" if result["figures"] else ""), file=sys.stderr)
     return 0
