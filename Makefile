@@ -28,7 +28,7 @@ benchmark-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 100 --size 512 --oracle-clusters --rounds 5 --threads 2 --json out/benchmark_cwfid.json --update-readme README.md
 
 benchmark-batching: $(STAMP)
-	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 16 --size 512 --oracle-clusters --batch 8 --batch-modes pad split --rounds 2 --threads 2 --json out/benchmark_batching.json --update-readme README.md --readme-section batching
+	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 16 --size 512 --oracle-clusters --batch 8 --batch-modes pad split --rounds 4 --threads 2 --json out/benchmark_batching.json --update-readme README.md --readme-section batching
 
 evaluate-demo: $(STAMP)
 	$(PY) -m clustvit_core.evaluate synthetic_agri_k3_ip3 --weights default --split test --threads 2 --flops-images all --out out/eval/demo --update-readme README.md --readme-section demo
