@@ -30,17 +30,11 @@ from .predictor import preprocess
 from .pseudo import pseudo_clusters
 from .readme import command_line, replace_section
 from .registry import build_model, parse_overrides
+from .data import Sample, build_dataset, dataset_names
 from .data.base import IMAGE_SUFFIXES, list_images
 from .data.labels import read_labels, read_rgb
 
 STEM_TAGS = re.compile(r"_(image|img|annotation|mask|label|labels|gt)$", re.IGNORECASE)
-
-
-@dataclass
-class Sample:
-    name: str
-    image: np.ndarray  # uint8 RGB [H, W, 3]
-    labels: np.ndarray | None  # uint8 [H, W] class ids, 255 = ignore
 
 
 @dataclass
@@ -58,23 +52,21 @@ def _match_key(path: Path) -> str:
 
 
 def load_samples(source: str, num_images: int, size: int, mask_dir: str | None, palette) -> list[Sample]:
-    """Images from 'synthetic[:agri|underwater]', 'cwfid[:test|train|all]' or a folder (+ optional mask folder)."""
+    """Images from a registered dataset ('NAME[:SPLIT]', default split test; 'synthetic[:agri|underwater]'
+    generates scenes at `size`) or from a folder (+ optional mask folder; labels None without one)."""
     kind, _, arg = source.partition(":")
-    if kind in ("synthetic", "cwfid") and mask_dir:
-        raise InputError(f"--oracle-clusters {mask_dir}: '{kind}' images bring their own labels; pass --oracle-clusters without a folder")
+    name, kwargs = kind, {}
     if kind == "synthetic":
-        from .data.synthetic import make_scene
-
-        scene = arg or "agri"
-        return [Sample(f"{scene}_{i:03d}", *make_scene(scene, seed=i, size=size)) for i in range(num_images)]
-    if kind == "cwfid":
-        from .data import cwfid
-
-        pairs = cwfid.files(split=arg or "test")
-        return [Sample(img.stem, read_rgb(img), read_labels(ann, cwfid.PALETTE)) for img, ann in pairs[:num_images]]
+        name, kwargs = f"synthetic_{arg or 'agri'}", {"num_images": num_images, "size": size}
+        arg = "test"
+    if name in dataset_names():
+        if mask_dir:
+            raise InputError(f"--oracle-clusters {mask_dir}: '{kind}' images bring their own labels; pass --oracle-clusters without a folder")
+        dataset = build_dataset(name, arg or "test", **kwargs)
+        return [dataset[i] for i in range(min(num_images, len(dataset)))]
     folder = Path(source)
     if not folder.is_dir():
-        raise InputError(f"--images {source}: not a folder; give a folder of images, 'synthetic[:agri|underwater]' or 'cwfid[:test]'")
+        raise InputError(f"--images {source}: not a folder or dataset; give a folder of images, 'synthetic[:agri|underwater]' or NAME[:SPLIT] with NAME one of {', '.join(dataset_names())}")
     images = list_images(folder)[:num_images]
     if not images:
         raise InputError(f"--images {source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder")
@@ -92,7 +84,7 @@ def load_samples(source: str, num_images: int, size: int, mask_dir: str | None, 
             if mask is None:
                 raise InputError(f"{path}: no label image with a matching name in {mask_dir}")
             labels = read_labels(mask, palette)
-        samples.append(Sample(path.stem, read_rgb(path), labels))
+        samples.append(Sample(image=read_rgb(path), labels=labels, name=path.stem))
     return samples
 
 
@@ -253,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--models", nargs="+", required=True, help="registry names (python -c 'import clustvit_core as cc; print(cc.list_models())'); include a *_vit model to get ratios")
-    parser.add_argument("--images", default="synthetic", help="folder of images, 'synthetic[:agri|underwater]' (generated) or 'cwfid[:test|train|all]' (default: synthetic)")
+    parser.add_argument("--images", default="synthetic", help="folder of images, 'synthetic[:agri|underwater]' (generated at --size) or a dataset NAME[:SPLIT] such as 'cwfid:test' (default split test; other datasets need their root variable, see the README) (default: synthetic)")
     parser.add_argument("--num-images", type=int, default=8, help="use at most this many images (default 8)")
     parser.add_argument("--size", type=int, default=512, help="network input size in pixels, a multiple of 16 (default 512)")
     parser.add_argument("--oracle-clusters", nargs="?", const="", default=None, metavar="MASK_DIR",
