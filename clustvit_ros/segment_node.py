@@ -1,0 +1,353 @@
+"""ROS 2 node: camera images in, ClustViT semantic segmentation out.
+
+    python -m clustvit_ros.segment_node --ros-args -p model:=cwfid_k3_ip3 -r image:=/camera/image_raw
+
+The node is thin: `clustvit_core.predictor.Segmenter` does all model work; this file only moves
+frames between DDS and it. Frames are handed from the subscription callback to one inference
+thread through a keep-latest slot (a newer frame replaces a waiting one, which is counted as
+dropped), so the node never builds a backlog. Topics, parameters and message fields: README.md.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
+                                SetParametersResult)
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+from std_srvs.srv import SetBool
+
+from clustvit_core.errors import ClustViTError
+from clustvit_core.predictor import Segmentation, Segmenter
+from clustvit_core.visualize import cluster_overlay
+from clustvit_ros.images import FrameError, array_to_image, check_image, compressed_to_rgb, image_to_rgb
+from clustvit_ros.msg import SegmentationStats
+from clustvit_ros.params import PARAMETERS, Param, check_value
+
+NODE_NAME = "segment_node"
+UNLABELED = 255  # mask value of pixels without a class (mono8 masks)
+WARN_PERIOD_S = 5.0  # throttle of per-frame warnings
+RATE_WINDOW = 30  # frames over which /diagnostics reports rate and latency
+
+
+@dataclass
+class Frame:
+    msg: Image | CompressedImage
+    received: float  # time.perf_counter() when the callback got it
+
+
+class LatestFrame:
+    """A one-slot mailbox between the subscription callback and the inference thread.
+
+    put() replaces a frame still waiting (returns True: that frame was dropped); take() blocks until
+    a frame is there or the slot is closed (then returns None)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._closed = False
+
+    def put(self, frame: Frame) -> bool:
+        with self._cond:
+            dropped = self._frame is not None
+            self._frame = frame
+            self._cond.notify()
+            return dropped
+
+    def take(self, timeout: float | None = None) -> Frame | None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._frame is not None or self._closed, timeout)
+            frame, self._frame = self._frame, None
+            return None if self._closed else frame
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class Counters:
+    """Frame counters: totals (for /diagnostics) and since the last stats message (for ~/stats)."""
+
+    NAMES = ("received", "processed", "dropped", "rejected", "failed")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.total = dict.fromkeys(self.NAMES, 0)
+        self._since_stats = dict.fromkeys(self.NAMES, 0)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.total[name] += n
+            self._since_stats[name] += n
+
+    def take_since_stats(self) -> dict[str, int]:
+        with self._lock:
+            out, self._since_stats = self._since_stats, dict.fromkeys(self.NAMES, 0)
+            return out
+
+
+def descriptor(spec: Param) -> ParameterDescriptor:
+    kind = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+            float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}[type(spec.default)]
+    d = ParameterDescriptor(name=spec.name, type=kind, description=spec.description, read_only=not spec.live)
+    if spec.choices:
+        d.additional_constraints = "one of: " + ", ".join(spec.choices)
+    if spec.range and kind == ParameterType.PARAMETER_DOUBLE:
+        d.floating_point_range = [FloatingPointRange(from_value=float(spec.range[0]), to_value=float(spec.range[1]))]
+    elif spec.range and kind == ParameterType.PARAMETER_INTEGER:
+        d.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]), step=1)]
+    return d
+
+
+class SegmentNode(Node):
+    """The segmentation node. Raises ClustViTError from the constructor if the model cannot be loaded."""
+
+    def __init__(self, **node_kwargs):
+        super().__init__(NODE_NAME, **node_kwargs)
+        for spec in PARAMETERS:
+            self.declare_parameter(spec.name, spec.default, descriptor(spec))
+        self.add_on_set_parameters_callback(self._check_parameters)
+        bad = [reason for spec in PARAMETERS if (reason := check_value(spec.name, self._param(spec.name)))]
+        if bad:
+            raise ClustViTError(f"parameter {bad[0]}")
+
+        p = self._param
+        self.segmenter = Segmenter(p("model"), p("weights") or None, device=p("device"), precision=p("precision"),
+                                   input_size=p("input_size"), threads=p("threads"))
+        seg = self.segmenter
+        self.get_logger().info(
+            f"model {seg.name} ({seg.num_classes} classes, k={seg.k}) on {seg.device} {seg.precision}, "
+            f"input {seg.size}x{seg.size}")
+
+        self.counters = Counters()
+        self.slot = LatestFrame()
+        self.recent: deque[tuple[float, float, int]] = deque(maxlen=RATE_WINDOW)  # (done time, total ms, tokens)
+        self.last_error = ""
+
+        image_qos = QoSProfile(**{**_qos_kwargs(qos_profile_sensor_data), "depth": 1})
+        overrides = QoSOverridingOptions.with_default_policies()
+        self.create_subscription(Image, "image", self._on_image, image_qos, qos_overriding_options=overrides)
+        if p("compressed_input"):
+            self.create_subscription(CompressedImage, "image/compressed", self._on_image, image_qos,
+                                     qos_overriding_options=overrides)
+        out_qos = QoSProfile(**{**_qos_kwargs(qos_profile_sensor_data), "depth": 1})
+        self.pub_mask = self.create_publisher(Image, "~/mask", out_qos)
+        self.pub_mask_color = self.create_publisher(Image, "~/mask_color", out_qos)
+        self.pub_overlay = self.create_publisher(Image, "~/overlay", out_qos)
+        self.pub_clusters = self.create_publisher(Image, "~/clusters", out_qos)
+        self.pub_stats = self.create_publisher(SegmentationStats, "~/stats", 10)
+        latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.pub_label_info = self.create_publisher(String, "~/label_info", latched)
+        self.pub_label_info.publish(String(data=json.dumps(self.label_info())))
+        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_service(SetBool, "~/enable", self._on_enable)
+        self.create_timer(p("diagnostics_period"), self._publish_diagnostics)
+
+        self.worker = threading.Thread(target=self._work, name="clustvit-inference", daemon=True)
+        self.worker.start()
+
+    # ------------------------------------------------------------------ parameters
+
+    def _param(self, name: str):
+        return self.get_parameter(name).value
+
+    def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        for param in params:
+            reason = check_value(param.name, param.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        self.set_parameters([Parameter("enable", value=bool(request.data))])
+        response.success = True
+        response.message = "processing enabled" if request.data else "processing disabled"
+        return response
+
+    def label_info(self) -> dict:
+        seg = self.segmenter
+        return {"model": seg.name, "class_names": seg.class_names, "palette": seg.palette.tolist(),
+                "mask_encoding": "mono8" if seg.label_dtype == np.uint8 else "mono16", "unlabeled_id": UNLABELED}
+
+    # ------------------------------------------------------------------ input
+
+    def _on_image(self, msg) -> None:
+        received = time.perf_counter()
+        self.counters.add("received")
+        if not self._param("enable"):
+            return
+        if isinstance(msg, Image):
+            try:
+                check_image(msg)  # cheap checks here, so a bad frame never displaces a good one
+            except FrameError as exc:
+                self._reject(exc)
+                return
+        if self.slot.put(Frame(msg, received)):
+            self.counters.add("dropped")
+
+    def _reject(self, exc: Exception) -> None:
+        self.counters.add("rejected")
+        self.get_logger().warning(f"rejected a frame on {self._input_topic()}: {exc}",
+                                  throttle_duration_sec=WARN_PERIOD_S)
+
+    def _input_topic(self) -> str:
+        return self.resolve_topic_name("image")
+
+    # ------------------------------------------------------------------ inference thread
+
+    def _work(self) -> None:
+        while True:
+            frame = self.slot.take()
+            if frame is None:
+                return
+            try:
+                self._process(frame)
+            except FrameError as exc:
+                self._reject(exc)
+            except Exception as exc:  # noqa: BLE001 - a running node survives any bad frame
+                self.counters.add("failed")
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.get_logger().error(f"inference failed: {self.last_error}", throttle_duration_sec=WARN_PERIOD_S)
+
+    def _process(self, frame: Frame) -> None:
+        msg = frame.msg
+        image = image_to_rgb(msg) if isinstance(msg, Image) else compressed_to_rgb(msg)
+        keep_bias = float(self._param("keep_bias"))
+        result = self.segmenter(image, keep_bias=keep_bias)
+        t_post = time.perf_counter()
+        self._publish_images(msg.header, image, result)
+        counts = self.counters.take_since_stats()
+        self.counters.add("processed")
+        stats = self._stats(msg.header, image, result, keep_bias, counts)
+        stats.postprocess_ms = float(result.postprocess_ms + 1e3 * (time.perf_counter() - t_post))
+        done = time.perf_counter()
+        stats.total_ms = float(1e3 * (done - frame.received))
+        self.pub_stats.publish(stats)
+        self.recent.append((done, stats.total_ms, result.tokens))
+
+    def _wanted(self, publisher, switch: str) -> bool:
+        return publisher.get_subscription_count() > 0 and bool(self._param(switch))
+
+    def _publish_images(self, header, image: np.ndarray, result: Segmentation) -> None:
+        seg = self.segmenter
+        labels = result.labels
+        if self._wanted(self.pub_mask, "publish_mask"):
+            self.pub_mask.publish(array_to_image(labels, "mono8" if labels.dtype == np.uint8 else "mono16", header))
+        want_color = self._wanted(self.pub_mask_color, "publish_mask_color")
+        want_overlay = self._wanted(self.pub_overlay, "publish_overlay")
+        if want_color or want_overlay:
+            color = seg.palette[labels]
+            if want_color:
+                self.pub_mask_color.publish(array_to_image(color, "rgb8", header))
+            if want_overlay:
+                alpha = float(self._param("overlay_alpha"))
+                overlay = cv2.addWeighted(image, 1.0 - alpha, color, alpha, 0.0)
+                self.pub_overlay.publish(array_to_image(overlay, "rgb8", header))
+        if self._wanted(self.pub_clusters, "publish_clusters"):
+            if result.cluster_ids is None:  # plain ViT: nothing is merged
+                clusters = image
+            else:
+                clusters = cluster_overlay(image, result.cluster_ids, alpha=float(self._param("cluster_alpha")),
+                                           k=seg.k, input_shape=result.network_size)
+            self.pub_clusters.publish(array_to_image(clusters, "rgb8", header))
+
+    def _stats(self, header, image: np.ndarray, r: Segmentation, keep_bias: float,
+               counts: dict[str, int]) -> SegmentationStats:
+        # rclpy silently sends numpy scalars in float32 fields as 0.0: convert every value explicitly.
+        h, w = image.shape[:2]
+        return SegmentationStats(
+            header=header, model_name=self.segmenter.name,
+            image_width=int(w), image_height=int(h),
+            network_width=int(r.network_size[1]), network_height=int(r.network_size[0]),
+            patch_tokens=int(r.patch_tokens), tokens=int(r.tokens), clusters_used=int(r.clusters_used),
+            kept_tokens=int(r.kept_tokens), token_keep_ratio=float(r.tokens / r.patch_tokens),
+            keep_bias=float(keep_bias), preprocess_ms=float(r.preprocess_ms), inference_ms=float(r.inference_ms),
+            frames_dropped=int(counts["dropped"]), frames_rejected=int(counts["rejected"]),
+            class_names=list(self.segmenter.class_names),
+            class_pixel_counts=[int(c) for c in r.class_pixels],
+            unlabeled_pixels=int(h * w - int(r.class_pixels.sum())),
+        )
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def _publish_diagnostics(self) -> None:
+        seg = self.segmenter
+        total = dict(self.counters.total)
+        recent = list(self.recent)
+        now = time.perf_counter()
+        fresh = [r for r in recent if now - r[0] < 5.0]
+        rate = (len(fresh) - 1) / (fresh[-1][0] - fresh[0][0]) if len(fresh) > 1 and fresh[-1][0] > fresh[0][0] else 0.0
+        latencies = [r[1] for r in fresh]
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: segmentation",
+                                  hardware_id=str(seg.device))
+        enabled = bool(self._param("enable"))
+        if self.last_error:
+            status.level, status.message = DiagnosticStatus.ERROR, f"last inference failed: {self.last_error}"
+        elif not enabled:
+            status.level, status.message = DiagnosticStatus.OK, "disabled"
+        elif total["rejected"]:
+            status.level, status.message = DiagnosticStatus.WARN, f"{total['rejected']} malformed frames rejected"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, "running" if fresh else "waiting for images"
+        values = {
+            "model": seg.name, "device": str(seg.device), "precision": seg.precision, "enabled": str(enabled).lower(),
+            "input_topic": self._input_topic(), "rate_hz": f"{rate:.2f}",
+            "latency_mean_ms": f"{np.mean(latencies):.1f}" if latencies else "",
+            "latency_max_ms": f"{max(latencies):.1f}" if latencies else "",
+            "tokens_mean": f"{np.mean([r[2] for r in fresh]):.1f}" if fresh else "",
+            **{f"frames_{k}": str(v) for k, v in total.items()},
+        }
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diagnostics.publish(array)
+
+    def close(self) -> None:
+        """Stop the inference thread (after the frame in progress)."""
+        self.slot.close()
+        self.worker.join(timeout=10.0)
+
+
+def _qos_kwargs(profile: QoSProfile) -> dict:
+    return {"history": profile.history, "depth": profile.depth, "reliability": profile.reliability,
+            "durability": profile.durability}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the node until SIGINT/SIGTERM (exit 0); a model that cannot be loaded exits 2 with one line."""
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = None
+    try:
+        node = SegmentNode()
+        rclpy.spin(node)
+    except ClustViTError as exc:
+        print(f"{NODE_NAME}: error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
