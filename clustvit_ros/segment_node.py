@@ -34,6 +34,7 @@ from std_srvs.srv import SetBool
 from clustvit_core.errors import ClustViTError
 from clustvit_core.predictor import Segmentation, Segmenter
 from clustvit_core.visualize import cluster_overlay
+from clustvit_ros import interface as api
 from clustvit_ros.images import FrameError, array_to_image, check_image, compressed_to_rgb, image_to_rgb
 from clustvit_ros.msg import SegmentationStats
 from clustvit_ros.params import PARAMETERS, Param, check_value
@@ -141,22 +142,22 @@ class SegmentNode(Node):
 
         image_qos = QoSProfile(**{**_qos_kwargs(qos_profile_sensor_data), "depth": 1})
         overrides = QoSOverridingOptions.with_default_policies()
-        self.create_subscription(Image, "image", self._on_image, image_qos, qos_overriding_options=overrides)
+        self.create_subscription(Image, api.IMAGE_IN.name, self._on_image, image_qos, qos_overriding_options=overrides)
         if p("compressed_input"):
-            self.create_subscription(CompressedImage, "image/compressed", self._on_image, image_qos,
+            self.create_subscription(CompressedImage, api.COMPRESSED_IN.name, self._on_image, image_qos,
                                      qos_overriding_options=overrides)
         out_qos = QoSProfile(**{**_qos_kwargs(qos_profile_sensor_data), "depth": 1})
-        self.pub_mask = self.create_publisher(Image, "~/mask", out_qos)
-        self.pub_mask_color = self.create_publisher(Image, "~/mask_color", out_qos)
-        self.pub_overlay = self.create_publisher(Image, "~/overlay", out_qos)
-        self.pub_clusters = self.create_publisher(Image, "~/clusters", out_qos)
-        self.pub_stats = self.create_publisher(SegmentationStats, "~/stats", 10)
+        self.pub_mask = self.create_publisher(Image, api.MASK.name, out_qos)
+        self.pub_mask_color = self.create_publisher(Image, api.MASK_COLOR.name, out_qos)
+        self.pub_overlay = self.create_publisher(Image, api.OVERLAY.name, out_qos)
+        self.pub_clusters = self.create_publisher(Image, api.CLUSTERS.name, out_qos)
+        self.pub_stats = self.create_publisher(SegmentationStats, api.STATS.name, 10)
         latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.pub_label_info = self.create_publisher(String, "~/label_info", latched)
+        self.pub_label_info = self.create_publisher(String, api.LABEL_INFO.name, latched)
         self.pub_label_info.publish(String(data=json.dumps(self.label_info())))
-        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_service(SetBool, "~/enable", self._on_enable)
+        self.pub_diagnostics = self.create_publisher(DiagnosticArray, api.DIAGNOSTICS.name, 10)
+        self.create_service(SetBool, api.ENABLE.name, self._on_enable)
         self.create_timer(p("diagnostics_period"), self._publish_diagnostics)
 
         self.worker = threading.Thread(target=self._work, name="clustvit-inference", daemon=True)
@@ -207,7 +208,7 @@ class SegmentNode(Node):
                                   throttle_duration_sec=WARN_PERIOD_S)
 
     def _input_topic(self) -> str:
-        return self.resolve_topic_name("image")
+        return self.resolve_topic_name(api.IMAGE_IN.name)
 
     # ------------------------------------------------------------------ inference thread
 

@@ -1,0 +1,122 @@
+"""The node's ROS interface in one place: topic and service names (the node creates exactly these),
+and the README's interface tables generated from them, from params.py and from msg/*.msg.
+
+    python -m clustvit_ros.interface                      # print the tables
+    python -m clustvit_ros.interface --update-readme README.md
+
+Importing this module needs no ROS.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from clustvit_ros.params import markdown_table as parameters_table
+
+MSG_DIR = Path(__file__).resolve().parent.parent / "msg"
+README_SECTIONS = ("ros-topics", "ros-parameters", "ros-stats")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str  # as the node creates it (relative "image", private "~/mask", absolute "/diagnostics")
+    type: str
+    direction: str  # "in" (subscribed), "out" (published), "service"
+    qos: str
+    description: str
+
+
+IMAGE_IN = Endpoint("image", "sensor_msgs/Image", "in", "sensor data (best effort, depth 1); `qos_overrides`",
+                    "Camera images: rgb8, bgr8, rgba8, bgra8, mono8, mono16 (scaled to 8 bit). Remap it.")
+COMPRESSED_IN = Endpoint("image/compressed", "sensor_msgs/CompressedImage", "in", "as `image`",
+                         "With `compressed_input:=true`: png/jpeg frames.")
+MASK = Endpoint("~/mask", "sensor_msgs/Image", "out", "best effort, depth 1",
+                "Class id per pixel at input resolution: mono8 (mono16 if > 255 classes); 255 = unlabeled.")
+MASK_COLOR = Endpoint("~/mask_color", "sensor_msgs/Image", "out", "best effort, depth 1",
+                      "rgb8: the class palette of `~/mask`.")
+OVERLAY = Endpoint("~/overlay", "sensor_msgs/Image", "out", "best effort, depth 1",
+                   "rgb8: the image blended with the palette (`overlay_alpha`).")
+CLUSTERS = Endpoint("~/clusters", "sensor_msgs/Image", "out", "best effort, depth 1",
+                    "rgb8: the image with each merged-token cluster tinted (`cluster_alpha`), kept tokens untouched.")
+STATS = Endpoint("~/stats", "clustvit_ros/SegmentationStats", "out", "reliable, depth 10",
+                 "One per processed frame: sizes, token counts, timings, drops, class pixel counts (below).")
+LABEL_INFO = Endpoint("~/label_info", "std_msgs/String", "out", "reliable, transient local (latched)",
+                      'JSON: `{"model", "class_names", "palette", "mask_encoding", "unlabeled_id"}`.')
+DIAGNOSTICS = Endpoint("/diagnostics", "diagnostic_msgs/DiagnosticArray", "out", "reliable, depth 10",
+                       "Every `diagnostics_period` s: rate, latency, tokens, frame counters, device, errors.")
+ENABLE = Endpoint("~/enable", "std_srvs/SetBool", "service", "",
+                  "Start/stop processing (sets the `enable` parameter).")
+
+ENDPOINTS = (IMAGE_IN, COMPRESSED_IN, MASK, MASK_COLOR, OVERLAY, CLUSTERS, STATS, LABEL_INFO, DIAGNOSTICS, ENABLE)
+
+
+def topics_table(node_name: str = "segment_node") -> str:
+    """Markdown table of the node's topics and services."""
+    rows = ["| Name | Type | Direction | QoS | Content |", "|---|---|---|---|---|"]
+    for e in ENDPOINTS:
+        name = e.name.replace("~", f"/{node_name}") if e.name.startswith("~") else e.name
+        rows.append(f"| `{name}` | `{e.type}` | {e.direction} | {e.qos} | {e.description} |")
+    return "\n".join(rows)
+
+
+_FIELD = re.compile(r"^([A-Za-z0-9_/]+(?:\[\])?)\s+([a-z_][a-z0-9_]*)\s*$")
+
+
+def message_fields(msg_file: str | Path) -> list[tuple[str, str, str]]:
+    """(type, name, comment) of each field of a .msg file; the comment is the block of `#` lines
+    directly above the field (shared by consecutive fields without their own comment)."""
+    fields, comment, block = [], [], ""
+    for raw in Path(msg_file).read_text().splitlines():
+        line = raw.strip()
+        if line.startswith("#"):
+            comment.append(line.lstrip("#").strip())
+        elif not line:
+            if comment and not fields:
+                comment = []  # the file's header comment
+            block = "" if comment else block
+        else:
+            match = _FIELD.match(line.split("#", 1)[0].strip())
+            if not match:
+                raise ValueError(f"{msg_file}: cannot parse field line {raw!r}")
+            if comment:
+                block, comment = " ".join(comment), []
+            fields.append((match.group(1), match.group(2), block))
+    return fields
+
+
+def message_table(msg_file: str | Path = MSG_DIR / "SegmentationStats.msg") -> str:
+    rows = ["| Field | Type | Meaning |", "|---|---|---|"]
+    rows += [f"| `{name}` | `{type_}` | {comment} |" for type_, name, comment in message_fields(msg_file)]
+    return "\n".join(rows)
+
+
+def sections() -> dict[str, str]:
+    """README section name -> its generated Markdown."""
+    return {"ros-topics": topics_table(), "ros-parameters": parameters_table(), "ros-stats": message_table()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m clustvit_ros.interface",
+        description="Print the segmentation node's interface tables (topics, parameters, SegmentationStats "
+                    "fields), generated from the code, or write them into a README's marked sections "
+                    "(<!-- BEGIN benchmark:ros-topics --> ... <!-- END benchmark:ros-topics -->, likewise "
+                    "ros-parameters and ros-stats).")
+    parser.add_argument("--update-readme", metavar="README", help="rewrite the marked sections of this file")
+    args = parser.parse_args(argv)
+    from clustvit_core.errors import cli_errors
+    from clustvit_core.readme import replace_section
+
+    with cli_errors(parser.prog):
+        for name, text in sections().items():
+            if args.update_readme:
+                replace_section(args.update_readme, name, text)
+            else:
+                print(f"## {name}\n\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
