@@ -1,5 +1,5 @@
 # Two entry points, each sets up (or refreshes) the local virtual environment first:
-#   make demo   - run the main job
+#   make demo   - run the main job (the ROS 2 node on a replayed synthetic recording)
 #   make test   - run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ROS_STAMP := $(VENV)/.ros-built
 
-.PHONY: setup demo test benchmark-cwfid benchmark-batching evaluate-demo clean
+.PHONY: setup demo test benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ $(ROS_STAMP): $(STAMP) requirements-ros.txt CMakeLists.txt package.xml $(wildcar
 
 setup: $(ROS_STAMP)
 
-# Main job: FLOPs, speed and token counts of ViT vs ClustViT on built-in synthetic field images.
-demo: $(STAMP)
+# Main job: the ROS 2 node with the shipped demo model on a replayed synthetic field recording
+# (real DDS; no camera, dataset or ROS apt install): fps, latency, tokens, mIoU, PNGs in out/demo.
+demo: $(ROS_STAMP)
+	$(PY) -m clustvit_ros.demo
+
+# FLOPs, speed and token counts of ViT vs ClustViT on built-in synthetic field images (no ROS).
+benchmark-synthetic: $(STAMP)
 	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images synthetic:agri --num-images 8 --size 512 --oracle-clusters --rounds 2
 
 test: $(ROS_STAMP)

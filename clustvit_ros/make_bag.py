@@ -19,6 +19,7 @@ import numpy as np
 from clustvit_core.data import build_dataset, dataset_names
 from clustvit_core.data.base import IMAGE_SUFFIXES, check_same_size, list_images, require_dir
 from clustvit_core.data.labels import read_labels, read_rgb
+from clustvit_core.data.registry import SyntheticDataset
 from clustvit_core.data.synthetic import SCENES, SyntheticScenes
 from clustvit_core.errors import ConfigError, InputError, cli_errors
 
@@ -27,6 +28,8 @@ from .bags import COMPRESSIONS, STORAGES, write_image_bag
 PROG = "python -m clustvit_ros.make_bag"
 SYNTHETIC_SIZE = (640, 480)  # (width, height) of --synthetic frames without --size
 SYNTHETIC_NUM = 20  # --synthetic frames without --num
+# --synthetic scenes without --seed: those of the synthetic datasets' test split, never trained on.
+SYNTHETIC_SEED = SyntheticDataset.SEEDS["test"]
 DEFAULT_SPLIT = "test"
 
 Frame = tuple[np.ndarray, np.ndarray | None]  # (rgb uint8 [H, W, 3], labels uint8 [H, W] or None)
@@ -146,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="channel order of raw images (default rgb8)")
     parser.add_argument("--compressed", choices=list(COMPRESSIONS),
                         help="write sensor_msgs/CompressedImage: png (lossless) or jpeg (smaller, lossy); labels stay raw")
-    parser.add_argument("--seed", type=int, help="with --synthetic: scene seed (default 0); same seed, same scenes")
+    parser.add_argument("--seed", type=int, help=f"with --synthetic: scene seed (default {SYNTHETIC_SEED}: the synthetic datasets' test "
+                             "scenes, not trained on; 0 = their training scenes); same seed, same scenes")
     return parser
 
 
@@ -165,7 +169,8 @@ def frames_from_args(args: argparse.Namespace) -> Iterator[Frame]:
     elif args.dataset is not None:
         frames = dataset_frames(args.dataset, args.num)
     else:
-        frames = synthetic_frames(args.synthetic, args.num or SYNTHETIC_NUM, args.size or SYNTHETIC_SIZE, args.seed or 0)
+        frames = synthetic_frames(args.synthetic, args.num or SYNTHETIC_NUM, args.size or SYNTHETIC_SIZE,
+                                  SYNTHETIC_SEED if args.seed is None else args.seed)
     return (resize_frame(rgb, None if args.no_labels else labels, args.size) for rgb, labels in frames)
 
 

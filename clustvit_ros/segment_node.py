@@ -22,6 +22,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
+from rclpy.exceptions import InvalidParameterTypeException, ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -339,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.spin(node)
     except ClustViTError as exc:
         print(f"{NODE_NAME}: error: {exc}", file=sys.stderr)
+        return 2
+    except ParameterException as exc:  # a -p / params-file value of the wrong type or out of range
+        reason = " ".join(str(exc).split())
+        fix = ("write doubles with a decimal point, e.g. keep_bias:=1.0" if isinstance(exc, InvalidParameterTypeException)
+               else "types, ranges and defaults: python -m clustvit_ros.params")
+        print(f"{NODE_NAME}: error: {reason} ({fix})", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
