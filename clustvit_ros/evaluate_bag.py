@@ -6,7 +6,9 @@ Starts `segment_node` as a separate process in a private ROS domain (localhost o
 shared-memory Fast DDS profile), replays the bag's image topic into it at the recorded pace, and
 collects its ~/stats (and ~/mask for mIoU against label images in the bag, matched by header stamp).
 Reports frames in / processed / dropped (keep-latest) / rejected (malformed) / lost (never reached the
-node), latency percentiles (node: image callback -> stats publish), fps and token counts.
+node's callback: lost in transport, or overwritten in its depth-1 input queue when frames come faster
+than its executor takes them), latency percentiles (node: image callback -> stats publish), fps and
+token counts.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from clustvit_ros.launch_args import NODE_NAME, config_file
 
 PROG = "python -m clustvit_ros.evaluate_bag"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+DEFAULT_TOPIC = "/camera/image_raw"  # make_bag's default
 
 
 @dataclass
@@ -207,7 +210,7 @@ class NodeProcess:
         return self.proc.returncode
 
 
-def evaluate_bag(bag: str | Path, model: str, *, topic: str | None = None, gt_topic: str | None = None,
+def evaluate_bag(bag: str | Path, model: str, *, topic: str = DEFAULT_TOPIC, gt_topic: str | None = None,
                  rate: float = 1.0, reliable: bool = False, weights: str = "", device: str = "auto",
                  precision: str = "fp32", input_size: int = 0, keep_bias: float = 0.0, threads: int = 0,
                  save_dir: str | Path | None = None, num_saved: int = 4, domain_id: int | None = None,
@@ -216,12 +219,7 @@ def evaluate_bag(bag: str | Path, model: str, *, topic: str | None = None, gt_to
     topic, or a node that fails to start (with its last output line)."""
     bag = Path(bag)
     topics = list_topics(bag)
-    images = select_topics(bag, [topic] if topic else None)
-    if gt_topic:
-        images.pop(gt_topic, None)
-    if len(images) != 1:
-        raise InputError(f"{bag}: {len(images)} image topics ({', '.join(images) or 'none'}); choose one with --topic")
-    topic, msgtype = next(iter(images.items()))
+    msgtype = select_topics(bag, [topic])[topic]
     frames_in = topics[topic].count
     labels = read_label_images(bag, gt_topic) if gt_topic else {}
     if gt_topic and not labels:
@@ -406,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-size", type=int, default=0, help="network input side (default: the model's)")
     parser.add_argument("--keep-bias", type=float, default=0.0, help="the node's keep_bias (default 0)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads of the node (default: torch's)")
-    parser.add_argument("--topic", help="image topic in the bag (default: the only Image/CompressedImage topic "
-                                        "other than --gt-topic)")
+    parser.add_argument("--topic", default=DEFAULT_TOPIC,
+                        help=f"Image or CompressedImage topic in the bag (default {DEFAULT_TOPIC})")
     parser.add_argument("--gt-topic", help="topic of mono8 label images (255 = unlabeled) for mIoU, matched by stamp")
     parser.add_argument("--rate", type=float, default=1.0,
                         help="replay speed: 1 = recorded pace (default), 2 = twice as fast, 0 = as fast as possible")
