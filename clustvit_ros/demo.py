@@ -17,13 +17,15 @@ import sys
 from pathlib import Path
 
 from clustvit_core.errors import InputError, cli_errors
+from clustvit_core.readme import command_line, replace_section
 
 PROG = "python -m clustvit_ros.demo"
 DEMO_MODEL = "synthetic_agri_k3_ip3"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n", 2)[1],
+    intro, _, details = __doc__.split("\n\n", 2)
+    parser = argparse.ArgumentParser(prog=PROG, description=f"{intro}\n\n{details}",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=60, help="frames in the recording (default 60)")
     parser.add_argument("--rate", type=float, default=10.0, help="recording frame rate in Hz (default 10)")
@@ -34,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--out", default="out/demo", help="output folder, replaced on each run (default out/demo)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--update-readme", metavar="README",
+                        help="also write the results into the file's <!-- BEGIN benchmark:ros-demo --> section")
     return parser
 
 
@@ -41,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with cli_errors(PROG):
-            return run(args)
+            return run(args, argv)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from clustvit_ros.bags import write_image_bag
     from clustvit_ros.evaluate_bag import evaluate_bag, format_summary, save_plot
     from clustvit_ros.make_bag import SYNTHETIC_SEED, parse_size, synthetic_frames
@@ -70,7 +74,38 @@ def run(args: argparse.Namespace) -> int:
     plot = save_plot(result, out / "frames.png")
     print(format_summary(result))
     print(f"wrote {out}/report.json, {plot}, and {len(result['saved_images'])} overlay/cluster PNGs in {out}/images")
+    if args.update_readme:
+        replace_section(args.update_readme, "ros-demo", markdown(result, args, command_line("clustvit_ros.demo", argv)))
     return 0
+
+
+def markdown(r: dict, args: argparse.Namespace, command: str) -> str:
+    """The demo's result as the README shows it."""
+    import platform
+
+    import torch
+
+    from clustvit_ros.evaluate_bag import fmt_number
+
+    lat = r["latency_ms"]
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    per_class = ", ".join(f"{name} {pct(v)}" for name, v in (r["per_class_iou"] or {}).items())
+    return "\n".join([
+        f"`{command}`",
+        "",
+        f"{r['frames_in']} synthetic {args.kind} frames {args.size} at {args.rate:g} Hz, model {r['model']}, "
+        f"{torch.get_num_threads()} CPU threads ({platform.machine()}), device {args.device}",
+        "",
+        "| frames in | processed | dropped | rejected | lost | output fps | latency p50 / p95 / p99 ms "
+        "| inference ms | tokens (of patch tokens) | mIoU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {r['frames_in']} | {r['frames_processed']} | {r['frames_dropped']} | {r['frames_rejected']} "
+        f"| {r['frames_lost']} | {fmt_number(r['fps'])} | {fmt_number(lat['p50'], '.0f')} / "
+        f"{fmt_number(lat['p95'], '.0f')} / {fmt_number(lat['p99'], '.0f')} | {fmt_number(r['inference_ms_mean'], '.0f')} "
+        f"| {fmt_number(r['tokens_mean'], '.0f')} ({r['patch_tokens']}) | {pct(r['miou'])} |",
+        "",
+        f"Per-class IoU: {per_class}.",
+    ])
 
 
 if __name__ == "__main__":

@@ -133,7 +133,7 @@ def summarize(collected: Collected, frames_in: int, class_names: list[str], repl
     return result
 
 
-def _fmt(value, spec: str = ".1f", unit: str = "") -> str:
+def fmt_number(value, spec: str = ".1f", unit: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{unit}"
 
 
@@ -143,13 +143,13 @@ def format_summary(r: dict) -> str:
     lines = [
         f"model {r['model']}: {r['frames_in']} frames in, {r['frames_processed']} processed, "
         f"{r['frames_dropped']} dropped (keep-latest), {r['frames_rejected']} rejected, {r['frames_lost']} lost",
-        f"input {_fmt(r['input_fps'])} fps, output {_fmt(r['fps'])} fps; latency p50 {_fmt(lat['p50'])} / "
-        f"p95 {_fmt(lat['p95'])} / p99 {_fmt(lat['p99'])} ms (inference mean {_fmt(r['inference_ms_mean'])} ms)",
-        f"tokens {_fmt(r['tokens_mean'])} of {r['patch_tokens']} "
-        f"({_fmt(None if r['token_keep_ratio_mean'] is None else 100 * r['token_keep_ratio_mean'], '.0f', ' %')})",
+        f"input {fmt_number(r['input_fps'])} fps, output {fmt_number(r['fps'])} fps; latency p50 {fmt_number(lat['p50'])} / "
+        f"p95 {fmt_number(lat['p95'])} / p99 {fmt_number(lat['p99'])} ms (inference mean {fmt_number(r['inference_ms_mean'])} ms)",
+        f"tokens {fmt_number(r['tokens_mean'])} of {r['patch_tokens']} "
+        f"({fmt_number(None if r['token_keep_ratio_mean'] is None else 100 * r['token_keep_ratio_mean'], '.0f', ' %')})",
     ]
     if r["miou"] is not None:
-        per_class = ", ".join(f"{k} {_fmt(None if v is None else 100 * v)}" for k, v in r["per_class_iou"].items())
+        per_class = ", ".join(f"{k} {fmt_number(None if v is None else 100 * v)}" for k, v in r["per_class_iou"].items())
         lines.append(f"mIoU {100 * r['miou']:.1f} % over {r['frames_scored']} frames ({per_class})")
     return "\n".join(lines)
 

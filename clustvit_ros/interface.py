@@ -16,7 +16,7 @@ from pathlib import Path
 from clustvit_ros.params import markdown_table as parameters_table
 
 MSG_DIR = Path(__file__).resolve().parent.parent / "msg"
-README_SECTIONS = ("ros-topics", "ros-parameters", "ros-stats")
+README_SECTIONS = ("ros-topics", "ros-parameters", "ros-stats", "ros-launch")
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,22 @@ def message_table(msg_file: str | Path = MSG_DIR / "SegmentationStats.msg") -> s
     return "\n".join(rows)
 
 
+def launch_table() -> str:
+    """Markdown table of launch/segment.launch.py's arguments."""
+    from clustvit_ros.launch_args import launch_arguments
+
+    rows = ["| Argument | Default | Meaning |", "|---|---|---|"]
+    for arg in launch_arguments():
+        # the params file's default path depends on the install
+        default = "<share>/clustvit_ros/config/segment.yaml" if arg.name == "params_file" else arg.default
+        rows.append(f"| `{arg.name}` | {f'`{default}`' if default else '(empty)'} | {arg.description} |")
+    return "\n".join(rows)
+
+
 def sections() -> dict[str, str]:
     """README section name -> its generated Markdown."""
-    return {"ros-topics": topics_table(), "ros-parameters": parameters_table(), "ros-stats": message_table()}
+    return {"ros-topics": topics_table(), "ros-parameters": parameters_table(), "ros-stats": message_table(),
+            "ros-launch": launch_table()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,7 +101,7 @@ def launch_arguments() -> tuple[LaunchArgument, ...]:
         LaunchArgument("namespace", "", f"Namespace of the node: outputs are NAMESPACE/{NODE_NAME}/*."),
         LaunchArgument("params_file", str(config_file(PARAMS_FILE_NAME)),
                        "ROS 2 parameters file of the node (launch arguments model/weights/device override it)."),
-        LaunchArgument("use_sim_time", "false", "Use the /clock topic's time (e.g. bag replay with --clock).",
+        LaunchArgument("use_sim_time", "false", "Use the /clock topic's time (e.g. with `ros2 bag play --clock`).",
                        BOOL_CHOICES),
         LaunchArgument("use_rviz", "false", f"Also start RViz2 with config/{RVIZ_CONFIG_NAME}.", BOOL_CHOICES),
     )
