@@ -3,19 +3,39 @@
     import clustvit_core as cc
     model = cc.build_model("cwfid_k3_ip3", weights="default")
     out = model(images)          # images: normalized float [B, 3, H, W]
-"""
-from .errors import ClustViTError, ConfigError, InputError, WeightsError
-from .flops import count_flops, flop_breakdown
-from .merge import MergePlan, assign_clusters, merge_tokens, plan_merge, regenerate, unmerge_tokens
-from .model import ClustViT, ClustViTOutput
-from .predictor import preprocess
-from .pseudo import pseudo_clusters
-from .registry import build_model, default_weights, list_models, load_config
-from .weights import load_timm_backbone, load_weights, read_checkpoint_config, save_checkpoint
 
-__all__ = [
-    "ClustViT", "ClustViTOutput", "ClustViTError", "ConfigError", "InputError", "WeightsError", "MergePlan",
-    "assign_clusters", "build_model", "count_flops", "default_weights", "flop_breakdown", "list_models",
-    "load_config", "load_timm_backbone", "load_weights", "merge_tokens", "plan_merge", "preprocess", "pseudo_clusters",
-    "read_checkpoint_config", "regenerate", "save_checkpoint", "unmerge_tokens",
-]
+The names below are imported on first use, so light tools (bag writers, the error types) do not
+pay for importing torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .errors import ClustViTError, ConfigError, InputError, WeightsError
+
+# public name -> submodule that defines it
+_LAZY = {
+    "count_flops": "flops", "flop_breakdown": "flops",
+    "MergePlan": "merge", "assign_clusters": "merge", "merge_tokens": "merge", "plan_merge": "merge",
+    "regenerate": "merge", "unmerge_tokens": "merge",
+    "ClustViT": "model", "ClustViTOutput": "model",
+    "Segmenter": "predictor", "preprocess": "predictor",
+    "pseudo_clusters": "pseudo",
+    "build_model": "registry", "default_weights": "registry", "list_models": "registry", "load_config": "registry",
+    "load_timm_backbone": "weights", "load_weights": "weights", "read_checkpoint_config": "weights",
+    "save_checkpoint": "weights",
+}
+
+__all__ = ["ClustViTError", "ConfigError", "InputError", "WeightsError", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
