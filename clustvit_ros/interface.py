@@ -33,7 +33,8 @@ IMAGE_IN = Endpoint("image", "sensor_msgs/Image", "in", "sensor data (best effor
 COMPRESSED_IN = Endpoint("image/compressed", "sensor_msgs/CompressedImage", "in", "as `image`",
                          "With `compressed_input:=true`: png/jpeg frames.")
 MASK = Endpoint("~/mask", "sensor_msgs/Image", "out", "best effort, depth 1",
-                "Class id per pixel at input resolution: mono8 (mono16 if > 255 classes); 255 = unlabeled.")
+                "Class id per pixel at input resolution: mono8, 255 = unlabeled (mono16, 65535 = unlabeled, "
+                "if > 255 classes).")
 MASK_COLOR = Endpoint("~/mask_color", "sensor_msgs/Image", "out", "best effort, depth 1",
                       "rgb8: the class palette of `~/mask`.")
 OVERLAY = Endpoint("~/overlay", "sensor_msgs/Image", "out", "best effort, depth 1",

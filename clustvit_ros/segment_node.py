@@ -41,7 +41,7 @@ from clustvit_ros.msg import SegmentationStats
 from clustvit_ros.params import PARAMETERS, Param, check_value
 
 NODE_NAME = "segment_node"
-UNLABELED = 255  # mask value of pixels without a class (mono8 masks)
+UNLABELED = {np.uint8: 255, np.uint16: 65535}  # mask value of pixels without a class, by mask dtype
 WARN_PERIOD_S = 5.0  # throttle of per-frame warnings
 RATE_WINDOW = 30  # frames over which /diagnostics reports rate and latency
 
@@ -185,7 +185,8 @@ class SegmentNode(Node):
     def label_info(self) -> dict:
         seg = self.segmenter
         return {"model": seg.name, "class_names": seg.class_names, "palette": seg.palette.tolist(),
-                "mask_encoding": "mono8" if seg.label_dtype == np.uint8 else "mono16", "unlabeled_id": UNLABELED}
+                "mask_encoding": "mono8" if seg.label_dtype == np.uint8 else "mono16",
+                "unlabeled_id": UNLABELED[seg.label_dtype]}
 
     # ------------------------------------------------------------------ input
 
