@@ -34,7 +34,7 @@ from std_srvs.srv import SetBool
 
 from clustvit_core.errors import ClustViTError
 from clustvit_core.predictor import Segmentation, Segmenter
-from clustvit_core.visualize import cluster_overlay
+from clustvit_core.visualize import cluster_overlay, colorize
 from clustvit_ros import interface as api
 from clustvit_ros.images import FrameError, array_to_image, check_image, compressed_to_rgb, image_to_rgb
 from clustvit_ros.msg import SegmentationStats
@@ -255,7 +255,7 @@ class SegmentNode(Node):
         want_color = self._wanted(self.pub_mask_color, "publish_mask_color")
         want_overlay = self._wanted(self.pub_overlay, "publish_overlay")
         if want_color or want_overlay:
-            color = seg.palette[labels]
+            color = colorize(labels, seg.palette)
             if want_color:
                 self.pub_mask_color.publish(array_to_image(color, "rgb8", header))
             if want_overlay:
