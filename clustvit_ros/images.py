@@ -41,28 +41,22 @@ def image_to_rgb(msg) -> np.ndarray:
     """sensor_msgs/Image -> RGB uint8 [H, W, 3] (a new array). Raises FrameError."""
     check_image(msg)
     bpp = SUPPORTED_ENCODINGS[msg.encoding]
-    if msg.step != msg.width * bpp:
-        # cv_bridge 1.13 ignores `step`: drop the row padding first.
-        rows = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)[:, : msg.width * bpp]
-        msg = _bridge.cv2_to_imgmsg(_packed_view(rows, msg), encoding=msg.encoding)
-    try:
-        if msg.encoding == "mono16":
-            gray = _bridge.imgmsg_to_cv2(msg, "passthrough")
-            gray8 = ((gray.astype(np.uint32) + 128) // 257).astype(np.uint8)
-            return np.repeat(gray8[..., None], 3, axis=2)
-        return np.ascontiguousarray(_bridge.imgmsg_to_cv2(msg, "rgb8"))
-    except (CvBridgeError, TypeError, ValueError) as exc:
-        raise FrameError(f"cv_bridge could not convert the {msg.encoding} image: {exc}") from None
-
-
-def _packed_view(rows: np.ndarray, msg) -> np.ndarray:
-    """Unpadded bytes [H, W*bpp] of `msg` as the array cv_bridge expects for its encoding."""
-    bpp = SUPPORTED_ENCODINGS[msg.encoding]
+    rows = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)[:, : msg.width * bpp]
     if msg.encoding == "mono16":
-        order = ">" if msg.is_bigendian else "<"
-        return np.ascontiguousarray(rows).view(np.dtype(np.uint16).newbyteorder(order)).astype(np.uint16)
-    shape = (msg.height, msg.width) if bpp == 1 else (msg.height, msg.width, bpp)
-    return np.ascontiguousarray(rows).reshape(shape)
+        # numpy, not cv_bridge: cv_bridge 1.13 fails on big-endian data under NumPy 2 (ndarray.newbyteorder)
+        gray = np.ascontiguousarray(rows).view(">u2" if msg.is_bigendian else "<u2")
+        gray8 = ((gray.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        return np.repeat(gray8[..., None], 3, axis=2)
+    if msg.step != msg.width * bpp or msg.is_bigendian:
+        # cv_bridge 1.13 ignores `step` and trips over the big-endian flag (meaningless for 8-bit
+        # channels): hand it the packed pixels instead.
+        shape = (msg.height, msg.width) if bpp == 1 else (msg.height, msg.width, bpp)
+        msg = _bridge.cv2_to_imgmsg(np.ascontiguousarray(rows).reshape(shape), encoding=msg.encoding)
+    try:
+        # a copy: for rgb8 cv_bridge returns a view of the message's buffer
+        return np.array(_bridge.imgmsg_to_cv2(msg, "rgb8"), dtype=np.uint8, copy=True)
+    except (CvBridgeError, TypeError, ValueError, AttributeError) as exc:
+        raise FrameError(f"cv_bridge could not convert the {msg.encoding} image: {exc}") from None
 
 
 def compressed_to_rgb(msg) -> np.ndarray:

@@ -85,7 +85,7 @@ class LatestFrame:
 class Counters:
     """Frame counters: totals (for /diagnostics) and since the last stats message (for ~/stats)."""
 
-    NAMES = ("received", "processed", "dropped", "rejected", "failed")
+    NAMES = ("received", "processed", "dropped", "rejected", "failed", "skipped")  # skipped: while disabled
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -194,6 +194,7 @@ class SegmentNode(Node):
         received = time.perf_counter()
         self.counters.add("received")
         if not self._param("enable"):
+            self.counters.add("skipped")
             return
         if isinstance(msg, Image):
             try:
@@ -350,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # SIGINT/SIGTERM while the node was starting: rclpy shut its context down under the
+        # constructor, whose next rcl call failed. That is a requested stop, not an error.
     finally:
         if node is not None:
             node.close()

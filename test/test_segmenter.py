@@ -1,0 +1,190 @@
+"""clustvit_core.predictor: Segmenter on the shipped demo model (synthetic_agri_k3_ip3, CPU), its
+configuration errors, resolve_device and labels_at. No ROS."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clustvit_core.data.synthetic import make_scene
+from clustvit_core.errors import ClustViTError, ConfigError, InputError, WeightsError
+from clustvit_core.predictor import Segmentation, Segmenter, labels_at, resolve_device
+from clustvit_core.registry import default_weights
+
+DEMO = "synthetic_agri_k3_ip3"
+NETWORK = 256  # the demo model's training size
+PATCH_TOKENS = (NETWORK // 16) ** 2
+
+
+@pytest.fixture(scope="module")
+def seg():
+    try:
+        default_weights(DEMO)
+    except WeightsError as exc:
+        pytest.skip(f"demo weights not available: {exc}")
+    return Segmenter(DEMO, device="cpu")
+
+
+def check_result(r: Segmentation, shape, num_classes=3, network=NETWORK):
+    """Every invariant a Segmentation promises for an input of `shape` (H, W)."""
+    H, W = shape
+    assert r.labels.shape == (H, W) and r.labels.dtype == np.uint8
+    assert int(r.labels.max()) < num_classes
+    assert r.class_pixels.shape == (num_classes,) and int(r.class_pixels.sum()) == H * W
+    np.testing.assert_array_equal(r.class_pixels, np.bincount(r.labels.ravel(), minlength=num_classes))
+    assert r.network_size == (network, network)
+    assert r.patch_tokens == (network // 16) ** 2
+    assert r.tokens == r.kept_tokens + r.clusters_used
+    assert 0 < r.tokens <= r.patch_tokens
+    assert r.cluster_ids is not None and r.cluster_ids.shape == (network // 16, network // 16)
+    assert r.kept_tokens == int((r.cluster_ids == 0).sum())
+    assert r.clusters_used == len(set(np.unique(r.cluster_ids).tolist()) - {0})
+    assert 0 <= r.cluster_ids.min() and r.cluster_ids.max() <= 3  # k = 3
+    assert r.preprocess_ms > 0 and r.inference_ms > 0 and r.postprocess_ms > 0
+
+
+def test_demo_model_metadata(seg):
+    assert seg.name == DEMO and seg.class_names == ["soil", "crop", "weed"] and seg.num_classes == 3
+    assert seg.k == 3 and seg.size == NETWORK and seg.device == torch.device("cpu") and seg.precision == "fp32"
+    assert seg.palette.shape == (3, 3) and seg.palette.dtype == np.uint8 and seg.label_dtype == np.uint8
+
+
+@pytest.mark.parametrize("shape", [(120, 200), (301, 97), (256, 256), (16, 16)])
+def test_labels_at_input_resolution_and_consistent_counts(seg, shape):
+    image, _ = make_scene("agri", 3, shape)
+    check_result(seg(image), shape)
+
+
+def test_predictions_beat_the_all_soil_baseline(seg):
+    """The weights really are loaded: on synthetic scenes the model is clearly better than 'all soil'."""
+    accuracy, baseline = [], []
+    for seed in (11, 12, 13):
+        image, labels = make_scene("agri", seed, (256, 256))
+        accuracy.append((seg(image).labels == labels).mean())
+        baseline.append((labels == 0).mean())
+    assert np.mean(accuracy) > np.mean(baseline) + 0.02, (accuracy, baseline)
+
+
+def test_deterministic(seg):
+    image, _ = make_scene("agri", 4, (100, 140))
+    a, b = seg(image), seg(image)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.cluster_ids, b.cluster_ids)
+    assert a.tokens == b.tokens
+
+
+def test_large_keep_bias_keeps_every_token(seg):
+    image, _ = make_scene("agri", 5, (180, 240))
+    r = seg(image, keep_bias=50.0)
+    check_result(r, (180, 240))
+    assert r.tokens == r.kept_tokens == r.patch_tokens == PATCH_TOKENS
+    assert r.clusters_used == 0 and not r.cluster_ids.any()
+
+
+def test_negative_keep_bias_merges_more(seg):
+    image, _ = make_scene("agri", 5, (180, 240))
+    at_zero, merged = seg(image, keep_bias=0.0), seg(image, keep_bias=-5.0)
+    check_result(merged, (180, 240))
+    assert at_zero.tokens < PATCH_TOKENS  # the demo model merges background at the default bias
+    assert merged.tokens < at_zero.tokens and merged.kept_tokens < at_zero.kept_tokens
+    assert merged.clusters_used >= 1
+
+
+def test_input_size_override_changes_the_network_size():
+    small = Segmenter(DEMO, device="cpu", input_size=128)
+    assert small.size == 128
+    image, _ = make_scene("agri", 6, (90, 150))
+    r = small(image, keep_bias=50.0)
+    check_result(r, (90, 150), network=128)
+    assert r.patch_tokens == 64 and r.tokens == 64
+
+
+def test_rejects_images_that_are_not_rgb_uint8(seg):
+    image, _ = make_scene("agri", 7, (32, 32))
+    for bad in (image[..., 0], image.astype(np.float32), image[..., :2], np.dstack([image, image[..., :1]])):
+        with pytest.raises(InputError, match="uint8 RGB"):
+            seg(bad)
+
+
+# ----------------------------------------------------------------------------- configuration errors
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert text and "\n" not in text, repr(text)
+    return text
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(model="no_such_model"), ConfigError, ["no_such_model", DEMO]),
+    (dict(weights="/nonexistent/x.safetensors"), WeightsError, ["/nonexistent/x.safetensors"]),
+    (dict(precision="fp16"), ConfigError, ["fp16", "CUDA"]),
+    (dict(precision="fp8"), ConfigError, ["fp8", "fp32"]),
+    (dict(input_size=100), ConfigError, ["input_size=100", "multiple of 16"]),
+    (dict(input_size=8), ConfigError, ["input_size=8"]),
+    (dict(device="tpu"), ConfigError, ["tpu"]),
+    (dict(device="cuda:x"), ConfigError, ["cuda:x"]),
+], ids=["unknown_model", "missing_weights", "fp16_on_cpu", "unknown_precision", "input_size_100", "input_size_8",
+        "unknown_device", "bad_cuda_index"])
+def test_configuration_errors_are_one_line(kwargs, error, words):
+    kwargs = {"model": DEMO, "device": "cpu", **kwargs}
+    with pytest.raises(error) as info:
+        Segmenter(kwargs.pop("model"), **kwargs)
+    text = one_line(info.value)
+    assert isinstance(info.value, ClustViTError)
+    for word in words:
+        assert word in text, text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "auto"])
+def test_cuda_without_gpu(device):
+    if device == "auto":
+        assert resolve_device("auto") == torch.device("cpu")
+        return
+    with pytest.raises(ConfigError, match="no CUDA device") as info:
+        Segmenter(DEMO, device=device)
+    one_line(info.value)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(" CPU ") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device().type == expected
+    for bad in ("gpu", "meta", "cuda:-1"):
+        with pytest.raises(ConfigError):
+            resolve_device(bad)
+
+
+# ----------------------------------------------------------------------------- labels_at
+
+def reference_labels(logits: torch.Tensor, size) -> tuple[np.ndarray, np.ndarray]:
+    """(argmax of F.interpolate(bilinear, align_corners=False), margin between the two best classes)."""
+    up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    if up.shape[0] == 1:
+        return up.argmax(0).numpy(), np.full(size, np.inf)
+    top = up.topk(2, dim=0).values
+    return up.argmax(0).numpy(), (top[0] - top[1]).numpy()
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 7, 19, 150])
+@pytest.mark.parametrize("grid, size", [((16, 16), (120, 200)), ((8, 12), (301, 97)), ((16, 16), (16, 16)),
+                                        ((16, 16), (10, 7))],
+                         ids=["up", "up_nonsquare", "same", "down"])
+def test_labels_at_matches_interpolate_argmax(classes, grid, size):
+    g = torch.Generator().manual_seed(classes * 1000 + size[0])
+    logits = torch.randn(classes, *grid, generator=g)
+    labels = labels_at(logits, size)
+    expected, margin = reference_labels(logits, size)
+    assert labels.shape == size and labels.dtype == np.int64
+    differ = labels != expected
+    # float rounding may flip a pixel whose two best classes are within 1e-4; nothing else may differ
+    assert not (differ & (margin > 1e-4)).any(), f"{int(differ.sum())} pixels differ"
+    assert differ.mean() < 1e-3
+
+
+def test_labels_at_half_precision_logits():
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(3, 16, 16, generator=g).half()
+    expected, margin = reference_labels(logits, (64, 48))
+    labels = labels_at(logits, (64, 48))
+    assert not ((labels != expected) & (margin > 1e-3)).any()
