@@ -181,6 +181,14 @@ class BagReplay:
         result.seconds = now - result.first_publish
         result.published[self.output_topics[message.topic]] += 1
 
+    def wait_for_acknowledgements(self, timeout: float = 5.0) -> bool:
+        """With reliable QoS: wait (at most `timeout` s per topic) until every subscriber has
+        acknowledged every message, so that exiting right after the last publish loses nothing.
+        True at once with best effort."""
+        from rclpy.duration import Duration
+
+        return all(p.wait_for_all_acked(Duration(seconds=timeout)) for p in self.publishers.values())
+
     def destroy(self) -> None:
         """Destroy the publishers (the node stays)."""
         for publisher in self.publishers.values():
@@ -279,6 +287,8 @@ def _replay(replay: BagReplay, args: argparse.Namespace) -> None:
             print(f"replay: {result.summary()}", flush=True)
 
     result = replay.run(args.rate, loop=args.loop, on_publish=report)
+    if not replay.wait_for_acknowledgements():
+        print(f"{PROG}: warning: not every subscriber acknowledged the last messages within 5 s", file=sys.stderr)
     print(f"replay: done; published {result.summary()}", flush=True)
 
 
