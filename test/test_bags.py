@@ -315,7 +315,7 @@ def test_replay_in_process_with_remap_and_stop(small_bag, tmp_path):
         looping.join(timeout=2.0)
         assert not looping.is_alive()
         assert replay.result.loops >= 1
-            assert 10 < replay.result.rate_hz("/cam") < 60  # recorded 20 Hz (loose: a shared, noisy machine)
+        assert 10 < replay.result.rate_hz("/cam") < 60  # recorded 20 Hz (loose: a shared, noisy machine)
         replay.destroy()
 
 
