@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ROS_STAMP := $(VENV)/.ros-built
 
-.PHONY: setup demo test benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo clean
+.PHONY: setup demo test benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo evaluate-keep-bias clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ benchmark-batching: $(STAMP)
 
 evaluate-demo: $(STAMP)
 	$(PY) -m clustvit_core.evaluate synthetic_agri_k3_ip3 --weights default --split test --threads 2 --flops-images all --out out/eval/demo --update-readme README.md --readme-section demo
+
+# The runtime keep_bias knob of the demo model: tokens, GFLOPs and mIoU per value (README section keep-bias).
+evaluate-keep-bias: $(STAMP)
+	$(PY) -m clustvit_core.evaluate synthetic_agri_k3_ip3 --weights default --split test --threads 2 --flops-images 8 --keep-bias -3 -2 -1 0 1 2 --quiet --out out/eval/keep_bias --update-readme README.md --readme-section keep-bias
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -314,6 +314,25 @@ def format_summary(result: dict) -> str:
     return "\n".join(line for line in report.splitlines() if not line.startswith("#")).strip()
 
 
+def format_sweep(results: list[dict]) -> str:
+    """One row per keep_bias value: tokens, kept share, GFLOPs, mIoU and per-class IoU."""
+    names = results[0]["class_names"]
+    first = results[0]
+    inp = first["input"]
+    lines = [f"{first['num_images']} images of {first.get('dataset')}"
+             + (f" ({first['split']})" if first.get("split") else "")
+             + f", resize to {inp['size']}x{inp['size']}" * (inp["mode"] == "resize"), "",
+             "| keep_bias | tokens / image | kept | GFLOPs / image | mIoU | " + " | ".join(names) + " |",
+             "|---" * (5 + len(names)) + "|"]
+    for r in results:
+        tok = r["tokens"]
+        gflops = "–" if r["gflops"] is None else f"{r['gflops']['mean']:.2f}"
+        per_class = " | ".join(_fmt(r["per_class"][n]["iou"]) for n in names)
+        lines.append(f"| {r['keep_bias']:g} | {tok['mean']:.0f} ± {tok['std']:.0f} (of {tok['full_mean']:.0f}) | "
+                     f"{_fmt(tok['kept_fraction'])} % | {gflops} | {_fmt(r['miou'])} | {per_class} |")
+    return "\n".join(lines)
+
+
 def format_markdown(result: dict) -> str:
     """The human-readable report (metrics.md) of an `evaluate` result."""
     names = result["class_names"]
@@ -442,7 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=None, metavar="S", help="network input size, a multiple of 16 (default: the model's img_size)")
     parser.add_argument("--slide", action="store_true", help="sliding-window inference on the image scaled to fit (4S, S) (mmseg 'slide')")
     parser.add_argument("--stride", type=int, default=None, help="window step for --slide in pixels (default 2/3 of --size)")
-    parser.add_argument("--keep-bias", type=float, default=0.0, metavar="B", help="added to the Cluster module's keep logit: > 0 keeps more tokens (default 0)")
+    parser.add_argument("--keep-bias", type=float, nargs="+", default=[0.0], metavar="B",
+                        help="added to the Cluster module's keep logit: > 0 keeps more tokens (default 0); several values "
+                        "evaluate each (in out/.../keep_bias_B/) and print one sweep table: tokens, GFLOPs and mIoU per value")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--batch", type=int, default=1, metavar="B", help="images per forward pass (default 1; --slide runs one at a time)")
     parser.add_argument("--num-images", type=int, default=None, metavar="N", help="evaluate only the first N images (default: all)")
@@ -489,19 +510,27 @@ def main(argv: list[str] | None = None) -> int:
         dataset = build_dataset(dataset_name, args.split, args.data_root)
         class_names = list(getattr(dataset, "class_names", None) or model.config["class_names"])
         exclude = _class_ids(args.recall_exclude, class_names)
-        out_dir = args.out or Path("out") / "eval" / f"{_safe(str(model.config.get('name')))}_{_safe(args.split)}"
-        result = evaluate(model, dataset, size=args.size, max_images=args.num_images, batch_size=args.batch,
-                          slide=args.slide, stride=args.stride, keep_bias=args.keep_bias, flops_images=args.flops_images,
-                          recall_exclude=exclude, show=args.show, out_dir=out_dir, progress=not args.quiet)
-        result.update({"dataset": dataset_name, "split": args.split, "data_root": args.data_root,
-                       "weights": str(args.weights), "device": str(device), "torch_threads": torch.get_num_threads()})
-        write_report(result, out_dir)
-        if not args.quiet:
-            print(format_markdown(result))
+        base_dir = args.out or Path("out") / "eval" / f"{_safe(str(model.config.get('name')))}_{_safe(args.split)}"
+        sweep = len(args.keep_bias) > 1
+        results = []
+        for keep_bias in args.keep_bias:
+            out_dir = base_dir / f"keep_bias_{keep_bias:g}" if sweep else base_dir
+            result = evaluate(model, dataset, size=args.size, max_images=args.num_images, batch_size=args.batch,
+                              slide=args.slide, stride=args.stride, keep_bias=keep_bias, flops_images=args.flops_images,
+                              recall_exclude=exclude, show=args.show, out_dir=out_dir, progress=not args.quiet)
+            result.update({"dataset": dataset_name, "split": args.split, "data_root": args.data_root,
+                           "weights": str(args.weights), "device": str(device), "torch_threads": torch.get_num_threads()})
+            write_report(result, out_dir)
+            results.append(result)
+            if not args.quiet and not sweep:
+                print(format_markdown(result))
+            print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'metrics.md'}"
+                  + (f" and {len(result['figures'])} figures" if result["figures"] else ""), file=sys.stderr)
+        text = format_sweep(results) if sweep else format_summary(results[0])
+        if sweep and not args.quiet:
+            print(text)
         if args.update_readme:
-            replace_section(args.update_readme, args.readme_section, f"`{command_line('clustvit_core.evaluate', argv)}`\n\n{format_summary(result)}")
-        print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'metrics.md'}"
-              + (f" and {len(result['figures'])} figures" if result["figures"] else ""), file=sys.stderr)
+            replace_section(args.update_readme, args.readme_section, f"`{command_line('clustvit_core.evaluate', argv)}`\n\n{text}")
     return 0
 
 

@@ -264,3 +264,21 @@ def test_cluster_overlay_tints_clusters_and_keeps_kept_tokens():
     pic = cluster_map(ids, (64, 96), k=3)
     assert (pic[16:48, 16:80] == 0).all() and pic[:16, :16].any()
     assert colorize(np.array([[0, 255]]), [[1, 2, 3]]).tolist() == [[[1, 2, 3], [255, 255, 255]]]
+
+
+def test_cli_keep_bias_sweep_writes_one_table(tiny, tmp_path, monkeypatch):
+    """Several --keep-bias values: one evaluation each in its own folder, one README table; a large bias
+    keeps every token (so the row differs from the bias-0 row)."""
+    monkeypatch.setattr(ev, "build_dataset", lambda *a, **k: TinyDataset(2))
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- BEGIN benchmark:kb -->\n<!-- END benchmark:kb -->\n")
+    out = tmp_path / "sweep"
+    argv = ["cwfid_k3_ip3", "--weights", "none", "--out", str(out), "--quiet", "--keep-bias", "0", "50",
+            "--update-readme", str(readme), "--readme-section", "kb", *TINY_SET]
+    assert ev.main(argv) == 0
+    low = json.loads((out / "keep_bias_0" / "metrics.json").read_text())
+    high = json.loads((out / "keep_bias_50" / "metrics.json").read_text())
+    assert high["keep_bias"] == 50 and high["tokens"]["kept_fraction"] == 1.0
+    assert low["tokens"]["mean"] <= high["tokens"]["mean"]
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| 0 |") or line.startswith("| 50 |")]
+    assert len(rows) == 2 and "100.0 %" in rows[1]
