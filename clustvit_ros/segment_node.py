@@ -44,6 +44,7 @@ NODE_NAME = "segment_node"
 UNLABELED = {np.uint8: 255, np.uint16: 65535}  # mask value of pixels without a class, by mask dtype
 WARN_PERIOD_S = 5.0  # throttle of per-frame warnings
 RATE_WINDOW = 30  # frames over which /diagnostics reports rate and latency
+STATUS_HOLD_S = 10.0  # /diagnostics stays WARN / ERROR this long after a rejected frame / failed inference
 
 
 @dataclass
@@ -139,7 +140,8 @@ class SegmentNode(Node):
         self.counters = Counters()
         self.slot = LatestFrame()
         self.recent: deque[tuple[float, float, int]] = deque(maxlen=RATE_WINDOW)  # (done time, total ms, tokens)
-        self.last_error = ""
+        self.last_error = ""  # the latest inference failure, with its time (for /diagnostics)
+        self.last_error_time = self.last_rejected_time = -float("inf")
 
         image_qos = QoSProfile(**{**_qos_kwargs(qos_profile_sensor_data), "depth": 1})
         overrides = QoSOverridingOptions.with_default_policies()
@@ -207,6 +209,7 @@ class SegmentNode(Node):
 
     def _reject(self, exc: Exception) -> None:
         self.counters.add("rejected")
+        self.last_rejected_time = time.perf_counter()
         self.get_logger().warning(f"rejected a frame on {self._input_topic()}: {exc}",
                                   throttle_duration_sec=WARN_PERIOD_S)
 
@@ -227,6 +230,7 @@ class SegmentNode(Node):
             except Exception as exc:  # noqa: BLE001 - a running node survives any bad frame
                 self.counters.add("failed")
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error_time = time.perf_counter()
                 self.get_logger().error(f"inference failed: {self.last_error}", throttle_duration_sec=WARN_PERIOD_S)
 
     def _process(self, frame: Frame) -> None:
@@ -301,12 +305,13 @@ class SegmentNode(Node):
         status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: segmentation",
                                   hardware_id=str(seg.device))
         enabled = bool(self._param("enable"))
-        if self.last_error:
-            status.level, status.message = DiagnosticStatus.ERROR, f"last inference failed: {self.last_error}"
+        if now - self.last_error_time < STATUS_HOLD_S:
+            status.level, status.message = DiagnosticStatus.ERROR, f"inference failed: {self.last_error}"
         elif not enabled:
             status.level, status.message = DiagnosticStatus.OK, "disabled"
-        elif total["rejected"]:
-            status.level, status.message = DiagnosticStatus.WARN, f"{total['rejected']} malformed frames rejected"
+        elif now - self.last_rejected_time < STATUS_HOLD_S:
+            status.level = DiagnosticStatus.WARN
+            status.message = f"malformed frames rejected ({total['rejected']} in all; see the node's log)"
         else:
             status.level, status.message = DiagnosticStatus.OK, "running" if fresh else "waiting for images"
         values = {
