@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"  {PROG} cwfid_k3_ip3 --weights run/best.safetensors --show 8 --out out/eval_cwfid\n"
         f"  {PROG} cwfid_vit --weights default --num-images 5 --flops-images all\n"
         f"  {PROG} ade20k_k3_ip3 --weights default --split val --slide --device cuda --batch 8\n"
-        f"  {PROG} cwfid_k3_ip3 --weights default --keep-bias 1.0       # keep more tokens: slower, finer\n"
+        f"  {PROG} cwfid_k3_ip3 --weights default --keep-bias 1.0       # keep more tokens: slower\n"
         f"  {PROG} config/models/my_model.yaml --weights my.safetensors --data-root /data/cwfid --set img_size=384\n"
         "\n"
         "Which data: the model config's `dataset:` names it (--dataset overrides), --split picks train/val/test,\n"

@@ -41,7 +41,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param("enable", True, "Process frames; false = subscriptions stay, nothing is computed (also ~/enable service).",
           live=True),
     Param("keep_bias", 0.0,
-          "Added to the Cluster module's keep logit: > 0 keeps more tokens (slower, finer), < 0 merges more.",
+          "Added to the Cluster module's keep logit: > 0 keeps more tokens (slower), < 0 merges more (faster).",
           live=True, range=(-50.0, 50.0)),
     Param("overlay_alpha", 0.5, "Palette weight in ~/overlay (0 = image only, 1 = palette only).", live=True,
           range=(0.0, 1.0)),
