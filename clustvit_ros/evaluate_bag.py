@@ -5,10 +5,9 @@
 Starts `segment_node` as a separate process in a private ROS domain (localhost only, the package's
 shared-memory Fast DDS profile), replays the bag's image topic into it at the recorded pace, and
 collects its ~/stats (and ~/mask for mIoU against label images in the bag, matched by header stamp).
-Reports frames in / processed / dropped (keep-latest) / rejected (malformed) / lost (never reached the
-node's callback: lost in transport, or overwritten in its depth-1 input queue when frames come faster
-than its executor takes them), latency percentiles (node: image callback -> stats publish), fps and
-token counts.
+Reports frames in / processed / dropped (keep-latest: replaced by a newer frame in the node's slot or
+already in its depth-1 input queue) / rejected (malformed) / lost (never known to the node at all),
+latency percentiles (node: image callback -> stats publish), fps and token counts.
 """
 from __future__ import annotations
 
@@ -110,7 +109,8 @@ def summarize(collected: Collected, frames_in: int, class_names: list[str], repl
         "frames_dropped": total("frames_dropped", sum(s.frames_dropped for s in stats)),
         "frames_rejected": total("frames_rejected", sum(s.frames_rejected for s in stats)),
         "frames_failed": total("frames_failed", 0),
-        "frames_lost": max(frames_in - received, 0),
+        # never known to the node: not even as a gap in the sequence numbers (e.g. before its first frame)
+        "frames_lost": max(frames_in - received - total("frames_missed", 0), 0),
         "replay_seconds": replay_seconds,
         "input_fps": frames_in / replay_seconds if replay_seconds > 0 else None,
         "fps": (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None,

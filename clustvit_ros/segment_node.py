@@ -86,7 +86,11 @@ class LatestFrame:
 class Counters:
     """Frame counters: totals (for /diagnostics) and since the last stats message (for ~/stats)."""
 
-    NAMES = ("received", "processed", "dropped", "rejected", "failed", "skipped")  # skipped: while disabled
+    # received: reached the image callback; missed: sent but never reached it (gaps in the publisher's
+    # sequence numbers: overwritten in the depth-1 input queue, or lost in transport), also counted in
+    # dropped, with the frames the keep-latest slot replaced; skipped: arrived while disabled.
+    # received + missed = processed + dropped + rejected + failed + skipped (+ the frame in progress).
+    NAMES = ("received", "missed", "processed", "dropped", "rejected", "failed", "skipped")
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -139,6 +143,7 @@ class SegmentNode(Node):
 
         self.counters = Counters()
         self.slot = LatestFrame()
+        self.last_sequence: dict[bytes | None, int] = {}  # publisher gid -> its last publication sequence number
         self.recent: deque[tuple[float, float, int]] = deque(maxlen=RATE_WINDOW)  # (done time, total ms, tokens)
         self.last_error = ""  # the latest inference failure, with its time (for /diagnostics)
         self.last_error_time = self.last_rejected_time = -float("inf")
@@ -192,10 +197,15 @@ class SegmentNode(Node):
 
     # ------------------------------------------------------------------ input
 
-    def _on_image(self, msg) -> None:
+    def _on_image(self, msg, info) -> None:  # two parameters: rclpy then passes the MessageInfo
         received = time.perf_counter()
         self.counters.add("received")
-        if not self._param("enable"):
+        missed = self._missed_before(info)
+        enabled = self._param("enable")
+        if missed:
+            self.counters.add("missed", missed)
+            self.counters.add("dropped" if enabled else "skipped", missed)
+        if not enabled:
             self.counters.add("skipped")
             return
         if isinstance(msg, Image):
@@ -206,6 +216,18 @@ class SegmentNode(Node):
                 return
         if self.slot.put(Frame(msg, received)):
             self.counters.add("dropped")
+
+    def _missed_before(self, info) -> int:
+        """Frames of this frame's publisher that never reached the callback since its previous one
+        (from the publication sequence numbers rmw reports; 0 where it reports none)."""
+        seq = (info or {}).get("publication_sequence_number")
+        if not seq:
+            return 0
+        gid = (info.get("publisher_gid") or {}).get("data")
+        key = bytes(gid) if gid is not None else None
+        last = self.last_sequence.get(key)
+        self.last_sequence[key] = seq
+        return max(seq - last - 1, 0) if last is not None else 0
 
     def _reject(self, exc: Exception) -> None:
         self.counters.add("rejected")
