@@ -72,6 +72,15 @@ def test_deterministic(seg):
     assert a.tokens == b.tokens
 
 
+def test_bf16_on_cpu_agrees_with_fp32(seg):
+    image, _ = make_scene("agri", 3, (240, 320))
+    bf16 = Segmenter(DEMO, device="cpu", precision="bf16")
+    a, b = seg(image), bf16(image)
+    check_result(b, (240, 320))
+    assert (a.labels == b.labels).mean() > 0.98
+    assert abs(a.tokens - b.tokens) <= 0.1 * PATCH_TOKENS
+
+
 def test_large_keep_bias_keeps_every_token(seg):
     image, _ = make_scene("agri", 5, (180, 240))
     r = seg(image, keep_bias=50.0)
