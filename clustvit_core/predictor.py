@@ -115,7 +115,7 @@ class Segmenter:
         result = seg(rgb_uint8_hwc, keep_bias=0.0)        # -> Segmentation
 
     Args:
-        model: registry name or model YAML path (see `clustvit_core.list_models`).
+        model: registry name, model YAML path or config dict (see `clustvit_core.list_models`).
         weights: checkpoint path, or None / "" / "default" for the file the registry entry names.
             A model without weights is an error (never silent random weights).
         device: auto | cpu | cuda | cuda:N.
@@ -124,7 +124,7 @@ class Segmenter:
         threads: torch CPU threads (0 = leave torch's default).
     """
 
-    def __init__(self, model: str, weights: str | None = None, *, device: str = "auto", precision: str = "fp32",
+    def __init__(self, model: str | dict, weights: str | None = None, *, device: str = "auto", precision: str = "fp32",
                  input_size: int = 0, threads: int = 0):
         from .registry import build_model
 

@@ -197,3 +197,19 @@ def test_labels_at_half_precision_logits():
     expected, margin = reference_labels(logits, (64, 48))
     labels = labels_at(logits, (64, 48))
     assert not ((labels != expected) & (margin > 1e-3)).any()
+
+
+def test_more_than_255_classes_give_uint16_labels(tmp_path):
+    """A 300-class model (random weights saved to a file): labels are uint16 (the node's mono16 mask)."""
+    from clustvit_core.registry import build_model, load_config
+    from clustvit_core.weights import save_checkpoint
+
+    cfg = load_config(DEMO, num_classes=300, depth=2, ip=1)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    weights = save_checkpoint(tmp_path / "wide.safetensors", model.state_dict(), cfg)
+    wide = Segmenter(cfg, weights, device="cpu")
+    r = wide(make_scene("agri", 1, (64, 80))[0])
+    assert wide.label_dtype == np.uint16 and r.labels.dtype == np.uint16 and r.labels.shape == (64, 80)
+    assert r.class_pixels.shape == (300,) and r.class_pixels.sum() == 64 * 80
+    assert r.labels.max() < 300
