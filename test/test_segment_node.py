@@ -608,3 +608,49 @@ def test_bad_configuration_exits_with_one_line(tmp_path, case):
     assert len(lines) == 1, out
     assert word in lines[0] and "error" in lines[0], lines[0]
     assert "Traceback" not in out
+
+
+def test_more_than_255_classes_publish_mono16_masks(tmp_path):
+    """A 300-class model (YAML path + weights file, random weights): ~/mask is mono16, label_info says so."""
+    from clustvit_core.registry import build_model
+    from clustvit_core.weights import save_checkpoint
+
+    yaml_path = tmp_path / "wide300.yaml"
+    yaml_path.write_text("num_classes: 300\nbackbone: tiny\ndepth: 2\nk: 3\nip: 1\nimg_size: 64\n")
+    model = build_model(yaml_path)
+    weights = save_checkpoint(tmp_path / "wide300.safetensors", model.state_dict(), model.config)
+    env = fresh_env(tmp_path / "ros_log")
+    log_file = tmp_path / "out.txt"
+    with open(log_file, "w") as out:
+        proc = start_ros_process(NODE_CMD + ["-p", f"model:={yaml_path}", "-p", f"weights:={weights}"], env,
+                                 stdout=out, stderr=subprocess.STDOUT)
+    try:
+        with rclpy_context(env) as ctx:
+            obs = Observer(ctx, proc, log_file)
+            info = []
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            obs.node.create_subscription(String, f"{NODE}/label_info", lambda m: info.append(json.loads(m.data)),
+                                         latched)
+            obs.wait(lambda: obs.node.count_subscribers("/image") > 0 and info, START_TIMEOUT_S, "the node")
+            image = scene(2)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:  # until our mask subscription is matched on the node's side too
+                header = obs.send(image)
+                if wait_for(lambda: obs.of("mask", header) and obs.of("stats", header), obs.executor, 3.0):
+                    break
+                assert time.monotonic() < deadline, f"no mask\n{obs.output()}"
+            mask = obs.of("mask", header)[0]
+            stats = obs.of("stats", header)[0]
+            obs.executor.shutdown()
+            obs.node.destroy_node()
+    finally:
+        if proc.poll() is None:
+            stop_ros_process(proc)
+    assert info[0]["mask_encoding"] == "mono16" and info[0]["unlabeled_id"] == 65535
+    assert len(info[0]["class_names"]) == 300
+    assert mask.encoding == "mono16" and (mask.height, mask.width) == (H, W) and mask.step == 2 * W
+    values = np.frombuffer(bytes(mask.data), ">u2" if mask.is_bigendian else "<u2")
+    assert values.max() < 300
+    assert len(stats.class_pixel_counts) == 300 and sum(stats.class_pixel_counts) == H * W
+    assert np.bincount(values, minlength=300).tolist() == list(stats.class_pixel_counts)
