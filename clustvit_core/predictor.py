@@ -151,6 +151,11 @@ class Segmenter:
         self.mean, self.std = cfg["mean"], cfg["std"]
         self.label_dtype = np.uint8 if self.num_classes <= 255 else np.uint16
 
+    def warm_up(self) -> None:
+        """One forward pass on a blank image, so the first real frame does not pay for lazy
+        initialization (CUDA context, kernel selection, allocator)."""
+        self(np.zeros((self.size, self.size, 3), np.uint8))
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

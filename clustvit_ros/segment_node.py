@@ -137,6 +137,7 @@ class SegmentNode(Node):
         self.segmenter = Segmenter(p("model"), p("weights") or None, device=p("device"), precision=p("precision"),
                                    input_size=p("input_size"), threads=p("threads"))
         seg = self.segmenter
+        seg.warm_up()
         self.get_logger().info(
             f"model {seg.name} ({seg.num_classes} classes, k={seg.k}) on {seg.device} {seg.precision}, "
             f"input {seg.size}x{seg.size}")
