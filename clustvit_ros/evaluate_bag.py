@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -200,7 +201,7 @@ class NodeProcess:
 
     def stop(self, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(2)  # SIGINT: clean rclpy shutdown
+            self.proc.send_signal(signal.SIGINT)  # a clean rclpy shutdown
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

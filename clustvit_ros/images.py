@@ -37,6 +37,11 @@ def check_image(msg) -> None:
                          f"= {msg.step * msg.height}")
 
 
+def to_8bit(values: np.ndarray) -> np.ndarray:
+    """16-bit values -> uint8, rounded value / 257 (0 -> 0, 65535 -> 255)."""
+    return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
 def image_to_rgb(msg) -> np.ndarray:
     """sensor_msgs/Image -> RGB uint8 [H, W, 3] (a new array). Raises FrameError."""
     check_image(msg)
@@ -45,8 +50,7 @@ def image_to_rgb(msg) -> np.ndarray:
     if msg.encoding == "mono16":
         # numpy, not cv_bridge: cv_bridge 1.13 fails on big-endian data under NumPy 2 (ndarray.newbyteorder)
         gray = np.ascontiguousarray(rows).view(">u2" if msg.is_bigendian else "<u2")
-        gray8 = ((gray.astype(np.uint32) + 128) // 257).astype(np.uint8)
-        return np.repeat(gray8[..., None], 3, axis=2)
+        return np.repeat(to_8bit(gray)[..., None], 3, axis=2)
     if msg.step != msg.width * bpp or msg.is_bigendian:
         # cv_bridge 1.13 ignores `step` and trips over the big-endian flag (meaningless for 8-bit
         # channels): hand it the packed pixels instead.
@@ -70,7 +74,7 @@ def compressed_to_rgb(msg) -> np.ndarray:
     if image is None or image.size == 0:
         raise FrameError(f"could not decode compressed image (format {msg.format!r})")
     if image.dtype == np.uint16:
-        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        image = to_8bit(image)
     if image.ndim == 2:
         return np.repeat(image[..., None], 3, axis=2)
     if image.shape[2] == 4:
