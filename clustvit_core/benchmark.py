@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .errors import ConfigError, InputError, cli_errors
 from .flops import flop_breakdown
-from .predictor import preprocess
+from .preprocess import preprocess
 from .pseudo import pseudo_clusters
 from .readme import command_line, replace_section
 from .registry import build_model, parse_overrides

@@ -46,14 +46,16 @@ from tqdm import tqdm
 
 from .data import build_dataset
 from .data.base import check_label_values
-from .data.transforms import EvalTransform, SlideModel, slide_logits, slide_shape
+from .data.transforms import EvalTransform
+from .predictor import SlideModel, slide_logits, slide_shape
 from .errors import ClustViTError, ConfigError, InputError, cli_errors
 from .flops import count_flops
 from .metrics import (
     BUCKET_NAMES, IGNORE_INDEX, SizeRecall, confusion_matrix, mean_iou, nan_to_none, per_class_accuracy,
     per_class_iou, pixel_accuracy,
 )
-from .predictor import preprocess
+from .palette import default_palette
+from .preprocess import preprocess
 from .pseudo import pseudo_clusters
 from .readme import command_line, replace_section
 from .registry import build_model, parse_overrides
@@ -158,8 +160,6 @@ def evaluate(model, dataset, *, size: int | None = None, max_images: int | None 
     class_names = list(getattr(dataset, "class_names", None) or cfg.get("class_names") or [f"class_{i}" for i in range(num_classes)])
     palette = list(getattr(dataset, "palette", None) or cfg.get("palette") or [])
     if len(palette) != num_classes:
-        from .registry import default_palette
-
         palette = default_palette(num_classes)
     size = int(size or cfg.get("img_size") or 512)
     if size < 16:

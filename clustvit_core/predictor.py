@@ -15,54 +15,11 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from .devices import autocast_dtype, resolve_device
 from .errors import ConfigError, InputError
-
-
-def preprocess(images: np.ndarray | Sequence[np.ndarray], size: int | tuple[int, int], mean, std) -> Tensor:
-    """RGB uint8 image(s) [H, W, 3] -> normalized float [B, 3, h, w] at the network size.
-
-    Args:
-        images: one [H, W, 3] array or a sequence of them (RGB channel order, 0-255).
-        size: network input size, int (square) or (h, w).
-        mean, std: per-channel RGB values on the 0-255 scale (the model config's `mean`/`std`).
-    """
-    if isinstance(images, np.ndarray) and images.ndim == 3:
-        images = [images]
-    h, w = (size, size) if isinstance(size, int) else size
-    batch = []
-    for i, image in enumerate(images):
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            shape = getattr(image, "shape", None)
-            dtype = getattr(image, "dtype", type(image).__name__)
-            raise InputError(f"image {i}: expected a uint8 RGB array [H, W, 3], got shape {shape} dtype {dtype}")
-        if image.shape[:2] != (h, w):
-            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-        batch.append(image)
-    x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' -> cuda if torch sees a GPU, else cpu; 'cpu', 'cuda', 'cuda:N' as given (checked)."""
-    device = str(device).strip().lower()
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"device={device!r}: use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={device!r} but torch sees no CUDA device: use device auto or cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    elif dev.type != "cpu":
-        raise ConfigError(f"device={device!r}: use auto, cpu, cuda or cuda:N")
-    return dev
+from .preprocess import preprocess, rescale_shape
 
 
 def labels_at(logits: Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -79,7 +36,66 @@ def labels_at(logits: Tensor, size: tuple[int, int]) -> np.ndarray:
     return up[0].argmax(0).cpu().numpy()
 
 
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+def slide_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """Input shape for slide inference: the image scaled to fit (4 * size, size), keeping its aspect
+    ratio (mmseg's test-time Resize(scale=(2048, 512), keep_ratio=True) for size 512)."""
+    return rescale_shape(h, w, 4 * size, size)
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ConfigError(f"slide_logits: {name} must be a positive int or (h, w), got {value!r}")
+    return pair
+
+
+def slide_logits(model: nn.Module, image_tensor: Tensor, crop: int, stride: int, num_classes: int, *,
+                 keep_bias: float = 0.0, window_outputs: list | None = None) -> Tensor:
+    """mmseg 'slide' inference: class logits of a large image as the average over overlapping windows.
+
+    Windows of crop x crop start every `stride` pixels; the last row/column of windows is moved
+    back to end at the image border; each pixel's logits are the mean over the windows covering it
+    (mmseg averages logits, not probabilities). Images smaller than `crop` run as one window.
+
+    Args:
+        model: a ClustViT (called as model(window, keep_bias=...) -> output with `.logits`).
+        image_tensor: normalized float [B, 3, H, W] (usually B = 1).
+        crop, stride: window side and step in pixels (int, or (h, w)).
+        num_classes: channels of the returned logits.
+        keep_bias: passed to the model.
+        window_outputs: if a list, each window's (y0, x0, model output) is appended (token counts etc.).
+    Returns:
+        float [B, num_classes, H, W].
+    """
+    (ch, cw), (sh, sw) = _pair(crop, "crop"), _pair(stride, "stride")
+    B, _, H, W = image_tensor.shape
+    rows = max(H - ch + sh - 1, 0) // sh + 1
+    cols = max(W - cw + sw - 1, 0) // sw + 1
+    logits = image_tensor.new_zeros((B, num_classes, H, W))
+    count = image_tensor.new_zeros((1, 1, H, W))
+    for r in range(rows):
+        for c in range(cols):
+            y1, x1 = min(r * sh + ch, H), min(c * sw + cw, W)
+            y0, x0 = max(y1 - ch, 0), max(x1 - cw, 0)
+            out = model(image_tensor[:, :, y0:y1, x0:x1], keep_bias=keep_bias)
+            if out.logits.shape[1] != num_classes:
+                raise InputError(f"slide_logits: the model gives {out.logits.shape[1]} classes, num_classes={num_classes}")
+            logits[:, :, y0:y1, x0:x1] += out.logits
+            count[:, :, y0:y1, x0:x1] += 1
+            if window_outputs is not None:
+                window_outputs.append((y0, x0, out))
+    return logits / count
+
+
+class SlideModel(nn.Module):
+    """`model` wrapped so that calling it runs `slide_logits` (e.g. to count the FLOPs of slide inference)."""
+
+    def __init__(self, model: nn.Module, crop, stride, num_classes: int, keep_bias: float = 0.0):
+        super().__init__()
+        self.model, self.crop, self.stride, self.num_classes, self.keep_bias = model, crop, stride, num_classes, keep_bias
+
+    def forward(self, images: Tensor) -> Tensor:
+        return slide_logits(self.model, images, self.crop, self.stride, self.num_classes, keep_bias=self.keep_bias)
 
 
 @dataclass
@@ -128,11 +144,8 @@ class Segmenter:
                  input_size: int = 0, threads: int = 0):
         from .registry import build_model
 
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision={precision!r}: use one of {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
-        if precision == "fp16" and self.device.type != "cuda":
-            raise ConfigError("precision=fp16 needs a CUDA device: use fp32 or bf16 on the CPU")
+        self.autocast_dtype = autocast_dtype(precision, self.device)
         if input_size and (input_size < 16 or input_size % 16):
             raise ConfigError(f"input_size={input_size}: must be a multiple of 16 (or 0 for the model's size)")
         if threads:
@@ -167,7 +180,7 @@ class Segmenter:
         x = preprocess(image, self.size, self.mean, self.std).to(self.device, non_blocking=True)
         self._sync()
         t1 = time.perf_counter()
-        dtype = PRECISIONS[self.precision]
+        dtype = self.autocast_dtype
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             out = self.model(x, keep_bias=float(keep_bias))
         self._sync()

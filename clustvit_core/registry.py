@@ -15,6 +15,7 @@ import yaml
 
 from .errors import ConfigError, WeightsError
 from .model import BACKBONES, ClustViT
+from .palette import default_palette
 
 ENV_CONFIG_DIR = "CLUSTVIT_CONFIG_DIR"
 ENV_WEIGHTS_DIRS = "CLUSTVIT_WEIGHTS"
@@ -158,17 +159,6 @@ def _validate(cfg: dict, source: str) -> dict:
     if cfg["k"] == 0:
         raise ConfigError(f"{source}: k=0; use k >= 1 clusters, or k=None and ip=None for a plain ViT")
     return cfg
-
-
-def default_palette(n: int) -> list[list[int]]:
-    """n well-separated RGB colours (deterministic), class 0 black."""
-    import colorsys
-
-    colours = [[0, 0, 0]]
-    for i in range(1, n):
-        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.85, 0.95 if i % 2 else 0.7)
-        colours.append([int(r * 255), int(g * 255), int(b * 255)])
-    return colours[:n]
 
 
 def parse_overrides(items: list[str]) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .registry import default_palette
+from .palette import default_palette
 
 IGNORE_COLOUR = (255, 255, 255)
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from clustvit_core.data.synthetic import make_scene
 from clustvit_core.errors import ClustViTError, ConfigError, InputError, WeightsError
-from clustvit_core.predictor import Segmentation, Segmenter, labels_at, resolve_device
+from clustvit_core.devices import resolve_device
+from clustvit_core.predictor import Segmentation, Segmenter, labels_at
 from clustvit_core.registry import default_weights
 
 DEMO = "synthetic_agri_k3_ip3"

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from clustvit_core.data.transforms import (
-    EvalTransform, TrainTransform, crop_box, photometric_distortion, rescale_shape, slide_logits,
+    EvalTransform, TrainTransform, crop_box, photometric_distortion,
 )
 from clustvit_core.errors import ConfigError, InputError
-from clustvit_core.predictor import preprocess
+from clustvit_core.predictor import slide_logits
+from clustvit_core.preprocess import preprocess, rescale_shape
 
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 PALETTE = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [220, 220, 40]], np.uint8)  # classes 0..3

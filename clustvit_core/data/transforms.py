@@ -4,7 +4,7 @@ Training (`TrainTransform`) follows mmseg's standard semantic-segmentation pipel
 (RandomResize(scale=(4 * size, size), ratio_range=scale, keep_ratio=True) -> RandomCrop(size,
 cat_max_ratio) -> RandomFlip(0.5) -> PhotoMetricDistortion -> normalize -> pad to size x size).
 Evaluation (`EvalTransform`) is the plain resize that the ROS node and the benchmark use
-(`clustvit_core.predictor.preprocess`); `slide_logits` is mmseg's 'slide' inference for large images.
+(`clustvit_core.preprocess`); sliding-window inference lives with prediction (`clustvit_core.predictor`).
 
 Why OpenCV and no augmentation library: mmseg itself resizes with cv2 (bilinear images, nearest
 labels), and evaluation here does too, so training sees the same resampling kernel. The libraries
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, InputError
 from .base import parse_seed
-from ..predictor import preprocess
+from ..preprocess import preprocess, rescale_shape
 
 IGNORE_INDEX = 255
 CROP_TRIES = 10  # mmseg RandomCrop: re-draw the crop up to 10 times to satisfy cat_max_ratio
@@ -42,16 +42,6 @@ HUE_DELTA = 18  # OpenCV hue units (0..179)
 
 
 # ------------------------------------------------------------------------------------- helpers
-
-def rescale_shape(h: int, w: int, long_edge: float, short_edge: float) -> tuple[int, int]:
-    """(new_h, new_w) of an h x w image scaled, keeping its aspect ratio, to fit long_edge x short_edge.
-
-    mmcv's `rescale_size`: factor = min(long_edge / max(h, w), short_edge / min(h, w)), sides rounded
-    to the nearest integer (at least 1).
-    """
-    factor = min(long_edge / max(h, w), short_edge / min(h, w))
-    return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
-
 
 def crop_box(labels: np.ndarray, size: int, rng: np.random.Generator, cat_max_ratio: float = 0.75,
              ignore_index: int = IGNORE_INDEX) -> tuple[int, int, int, int]:
@@ -233,67 +223,4 @@ class EvalTransform:
         return preprocess(image, self.size, self.mean, self.std)[0]
 
 
-def slide_shape(h: int, w: int, size: int) -> tuple[int, int]:
-    """Input shape for slide inference: the image scaled to fit (4 * size, size), keeping its aspect
-    ratio (mmseg's test-time Resize(scale=(2048, 512), keep_ratio=True) for size 512)."""
-    return rescale_shape(h, w, 4 * size, size)
-
-
-def _pair(value, name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(pair) != 2 or min(pair) < 1:
-        raise ConfigError(f"slide_logits: {name} must be a positive int or (h, w), got {value!r}")
-    return pair
-
-
-def slide_logits(model: nn.Module, image_tensor: Tensor, crop: int, stride: int, num_classes: int, *,
-                 keep_bias: float = 0.0, window_outputs: list | None = None) -> Tensor:
-    """mmseg 'slide' inference: class logits of a large image as the average over overlapping windows.
-
-    Windows of crop x crop start every `stride` pixels; the last row/column of windows is moved
-    back to end at the image border; each pixel's logits are the mean over the windows covering it
-    (mmseg averages logits, not probabilities). Images smaller than `crop` run as one window.
-
-    Args:
-        model: a ClustViT (called as model(window, keep_bias=...) -> output with `.logits`).
-        image_tensor: normalized float [B, 3, H, W] (usually B = 1).
-        crop, stride: window side and step in pixels (int, or (h, w)).
-        num_classes: channels of the returned logits.
-        keep_bias: passed to the model.
-        window_outputs: if a list, each window's (y0, x0, model output) is appended (token counts etc.).
-    Returns:
-        float [B, num_classes, H, W].
-    """
-    (ch, cw), (sh, sw) = _pair(crop, "crop"), _pair(stride, "stride")
-    B, _, H, W = image_tensor.shape
-    rows = max(H - ch + sh - 1, 0) // sh + 1
-    cols = max(W - cw + sw - 1, 0) // sw + 1
-    logits = image_tensor.new_zeros((B, num_classes, H, W))
-    count = image_tensor.new_zeros((1, 1, H, W))
-    for r in range(rows):
-        for c in range(cols):
-            y1, x1 = min(r * sh + ch, H), min(c * sw + cw, W)
-            y0, x0 = max(y1 - ch, 0), max(x1 - cw, 0)
-            out = model(image_tensor[:, :, y0:y1, x0:x1], keep_bias=keep_bias)
-            if out.logits.shape[1] != num_classes:
-                raise InputError(f"slide_logits: the model gives {out.logits.shape[1]} classes, num_classes={num_classes}")
-            logits[:, :, y0:y1, x0:x1] += out.logits
-            count[:, :, y0:y1, x0:x1] += 1
-            if window_outputs is not None:
-                window_outputs.append((y0, x0, out))
-    return logits / count
-
-
-class SlideModel(nn.Module):
-    """`model` wrapped so that calling it runs `slide_logits` (e.g. to count the FLOPs of slide inference)."""
-
-    def __init__(self, model: nn.Module, crop, stride, num_classes: int, keep_bias: float = 0.0):
-        super().__init__()
-        self.model, self.crop, self.stride, self.num_classes, self.keep_bias = model, crop, stride, num_classes, keep_bias
-
-    def forward(self, images: Tensor) -> Tensor:
-        return slide_logits(self.model, images, self.crop, self.stride, self.num_classes, keep_bias=self.keep_bias)
-
-
-__all__ = ["TrainTransform", "EvalTransform", "slide_logits", "slide_shape", "SlideModel", "rescale_shape",
-           "crop_box", "photometric_distortion", "IGNORE_INDEX"]
+__all__ = ["TrainTransform", "EvalTransform", "crop_box", "photometric_distortion", "IGNORE_INDEX"]
