@@ -19,7 +19,7 @@ _LAZY = {
     "MergePlan": "merge", "assign_clusters": "merge", "merge_tokens": "merge", "plan_merge": "merge",
     "regenerate": "merge", "unmerge_tokens": "merge",
     "ClustViT": "model", "ClustViTOutput": "model",
-    "Segmenter": "predictor", "preprocess": "preprocess",
+    "Segmenter": "predictor", "preprocess": "preprocessing",
     "pseudo_clusters": "pseudo",
     "build_model": "registry", "default_weights": "registry", "list_models": "registry", "load_config": "registry",
     "load_timm_backbone": "weights", "load_weights": "weights", "read_checkpoint_config": "weights",

@@ -26,10 +26,10 @@ from tqdm import tqdm
 
 from .errors import ConfigError, InputError, cli_errors
 from .flops import flop_breakdown
-from .preprocess import preprocess
+from .preprocessing import preprocess
 from .pseudo import pseudo_clusters
 from .readme import command_line, replace_section
-from .registry import build_model, parse_overrides
+from .registry import build_model, parse_overrides, split_key_values
 from .data import Sample, build_dataset, dataset_names
 from .data.base import IMAGE_SUFFIXES, list_images
 from .data.labels import read_labels, read_rgb
@@ -88,12 +88,12 @@ def load_samples(source: str, num_images: int, size: int, mask_dir: str | None, 
     return samples
 
 
-def oracle_ids(labels: np.ndarray, size: int, k: int) -> torch.Tensor:
-    """Pseudo-clusters of a label map resized (nearest) to the network input: [1, size/16, size/16]."""
+def oracle_ids(labels: np.ndarray, size: int, k: int, patch: int) -> torch.Tensor:
+    """Pseudo-clusters of a label map resized (nearest) to the network input: [1, size/patch, size/patch]."""
     import cv2
 
     resized = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
-    return pseudo_clusters(torch.from_numpy(resized)[None], k)
+    return pseudo_clusters(torch.from_numpy(resized)[None], k, patch=patch)
 
 
 def _timed(fn) -> float:
@@ -112,24 +112,26 @@ def run(args) -> list[Row]:
             twin.backbone.batch_mode = mode
             models.append(twin)
             names.append(f"{name} [{mode}]" if len(modes) > 1 else name)
-    cfg0 = models[0].config
+    data0 = models[0].config.data
     for m in models[1:]:
-        if (m.config["mean"], m.config["std"]) != (cfg0["mean"], cfg0["std"]):
+        if (m.config.mean, m.config.std) != (data0.mean, data0.std):
             raise ConfigError("--models use different input normalization; benchmark models of one dataset together")
+    for m in models:
+        m.config.data.check_size(args.size, "--size")
     oracle = args.oracle_clusters is not None
     mask_dir = args.oracle_clusters or None
-    samples = load_samples(args.images, args.num_images, args.size, mask_dir, cfg0["palette"])
+    samples = load_samples(args.images, args.num_images, args.size, mask_dir, models[0].config.palette)
     if oracle and any(s.labels is None for s in samples):
         raise InputError("--oracle-clusters needs label images: give a MASK_DIR, or use a source with labels (synthetic, cwfid)")
     if not oracle and args.weights == "none" and any(m.clustering for m in models):
         print("note: random weights without --oracle-clusters: token counts reflect an untrained Cluster module", file=sys.stderr)
 
-    x_all = preprocess([s.image for s in samples], args.size, cfg0["mean"], cfg0["std"])
+    x_all = preprocess([s.image for s in samples], args.size, data0.mean, data0.std)
     rows = [Row(name, m.clustering) for name, m in zip(names, models)]
     ids_per_model = []
     for m in models:
         if oracle and m.clustering:
-            ids_per_model.append(torch.cat([oracle_ids(s.labels, args.size, m.backbone.k) for s in samples]))
+            ids_per_model.append(torch.cat([oracle_ids(s.labels, args.size, m.config.k, m.config.patch_size) for s in samples]))
         else:
             ids_per_model.append(None)
 
@@ -239,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Examples:\n"
         "  python -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images synthetic --num-images 4 --size 256\n"
         "  python -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --size 512 --oracle-clusters\n"
-        "  python -m clustvit_core.benchmark --models suim_vit suim_k4_ip3 --images IMG_DIR --oracle-clusters MASK_DIR --set backbone=small\n"
+        "  python -m clustvit_core.benchmark --models suim_vit suim_k4_ip3 --images IMG_DIR --oracle-clusters MASK_DIR backbone=small\n"
+        "KEY=VALUE arguments override model settings of every model (as in train and evaluate).\n"
         "Without --oracle-clusters the Cluster module decides; with random weights (--weights none) that is\n"
         "meaningless for token counts, so pass --weights default for trained models.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", required=True, help="registry names (python -c 'import clustvit_core as cc; print(cc.list_models())'); include a *_vit model to get ratios")
     parser.add_argument("--images", default="synthetic", help="folder of images, 'synthetic[:agri|underwater]' (generated at --size) or a dataset NAME[:SPLIT] such as 'cwfid:test' (default split test; other datasets need their root variable, see the README) (default: synthetic)")
     parser.add_argument("--num-images", type=int, default=8, help="use at most this many images (default 8)")
-    parser.add_argument("--size", type=int, default=512, help="network input size in pixels, a multiple of 16 (default 512)")
+    parser.add_argument("--size", type=int, default=512, help="network input size in pixels, a multiple of the models' patch size (default 512)")
     parser.add_argument("--oracle-clusters", nargs="?", const="", default=None, metavar="MASK_DIR",
                         help="replace the Cluster module by pseudo-clusters of ground-truth labels: from MASK_DIR (matched by file name), or, with no value, from the source's own labels")
     parser.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
@@ -263,11 +266,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="replace the text between '<!-- BEGIN benchmark:SECTION -->' and '<!-- END benchmark:SECTION -->' in this file with the command and the table")
     parser.add_argument("--readme-section", default="cwfid", metavar="SECTION", help="marker name for --update-readme (default cwfid)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every model, e.g. --set backbone=small")
-    args = parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every model, e.g. backbone=small")
+    args = parser.parse_intermixed_args(argv)
+    args.models, given = split_key_values(args.models)
+    args.overrides = given + args.overrides
     with cli_errors(parser.prog):
-        if args.size % 16 or args.size < 16:
-            raise ConfigError(f"--size {args.size}: use a positive multiple of 16")
+        if not args.models:
+            raise ConfigError("--models: name at least one registry model, e.g. --models cwfid_vit cwfid_k3_ip3")
         if args.batch < 1 or args.num_images < 1 or args.rounds < 1 or args.warmup < 0:
             raise ConfigError("--batch, --num-images and --rounds must be >= 1, --warmup >= 0")
         args.overrides = parse_overrides(args.overrides)

@@ -47,6 +47,7 @@ from torch import Tensor
 from .errors import WeightsError, cli_errors
 from .heads import SegmenterHead, UPerHead
 from .model import ClustViT
+from .registry import build_model, parse_overrides
 from .weights import is_timm_vit, read_state_dict, resize_pos_embed, save_checkpoint
 
 PROG = "clustvit_core.convert"
@@ -366,8 +367,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     with cli_errors(PROG):
-        from .registry import build_model, parse_overrides
-
         overrides = parse_overrides(args.overrides)
         overrides.pop("weights", None)
         model = build_model(args.model, **overrides)
@@ -389,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         if report["pos_embed_resized"]:
             extras.append(f"pos_embed {report['pos_embed_resized']}")
         note = f"; {', '.join(extras)}" if extras else ""
-        print(f"converted {report['converted']} tensors ({report['format']}) for model {model.config['name']} -> {out}{note}")
+        print(f"converted {report['converted']} tensors ({report['format']}) for model {model.config.name} -> {out}{note}")
     return 0
 
 

@@ -13,24 +13,19 @@ from pathlib import Path
 
 
 from .errors import WeightsError, cli_errors
-from .registry import build_model
-from .weights import load_weights, read_checkpoint_metadata, read_state_dict, save_checkpoint
+from .registry import build_model, load_config
+from .weights import load_weights, model_tensors, read_checkpoint_config, read_state_dict, save_checkpoint
 
 
 def export(src: str | Path, dst: str | Path, fp16: bool = False, model: str | None = None) -> Path:
-    meta = read_checkpoint_metadata(src)
-    config = meta["config"]
-    if model is not None:
-        config = build_model(model).config
+    config = load_config(model) if model is not None else read_checkpoint_config(src)
     if config is None:
         raise WeightsError(f"{src}: holds no model config; pass --model NAME")
-    tensors = read_state_dict(src)
-    if any(k.startswith("model.") for k in tensors):  # a training checkpoint
-        tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    tensors = model_tensors(read_state_dict(src))
     if fp16:
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     out = save_checkpoint(dst, tensors, config, {"exported_from": str(src), "fp16": fp16})
-    load_weights(build_model({k: v for k, v in config.items() if k != "_source"}), out)  # must load strictly
+    load_weights(build_model(config), out)  # must load strictly
     return out
 
 

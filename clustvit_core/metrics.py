@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from .data.sample import IGNORE_INDEX
 from .errors import InputError
 
-IGNORE_INDEX = 255
 # name, lower bound (inclusive), upper bound (exclusive) of an object's area / image area
 SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
     ("small", 0.0, 0.05),

@@ -14,18 +14,11 @@ from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from .config import BACKBONES, ModelConfig
 from .merge import assign_clusters, attention_mask, merge_tokens, plan_merge, regenerate
 from .errors import ConfigError, InputError
 from .heads import SegmenterHead, UPerHead, init_linear_layers
 
-# name: (embed_dim, depth, num_heads, cluster MLP hidden size, UPerNet feature indices)
-BACKBONES = {
-    "tiny": (192, 12, 3, 774, (3, 5, 7, 11)),
-    "small": (384, 12, 6, 1548, (3, 5, 7, 11)),
-    "base": (768, 12, 12, 3072, (3, 5, 7, 11)),
-    "large": (1024, 24, 16, 4128, (7, 11, 15, 23)),
-}
-HEADS = ("segmenter", "uper")
 SPLIT_MIN_TOKENS = 128  # see ClustViTBackbone.split_batches
 
 
@@ -34,7 +27,7 @@ class ClustViTOutput:
     """What `ClustViT.forward` returns.
 
     logits:         [B, num_classes, H, W] class scores at input resolution.
-    cluster_ids:    [B, H/16, W/16] long, 0 = kept token, 1..k = cluster; None for the plain ViT.
+    cluster_ids:    [B, H/p, W/p] long (p = patch size), 0 = kept token, 1..k = cluster; None for the plain ViT.
     cluster_logits: [B, N, k + 1] Cluster-module logits (the auxiliary loss input); None for the plain ViT.
     tokens:         [B] long, patch-level sequence length after merging (kept + non-empty clusters); N for the ViT.
     """
@@ -94,7 +87,7 @@ class Regenerator(nn.Module):
 
 
 class ClustViTBackbone(nn.Module):
-    """ViT with patch 16 and a CLS token; optionally clusters tokens before block `ip`.
+    """ViT (patch size `patch_size`) with a CLS token; optionally clusters tokens before block `ip`.
 
     Key names equal timm's VisionTransformer (`cls_token`, `pos_embed`, `patch_embed.proj`,
     `blocks.N`, `norm`), so timm checkpoints load as they are.
@@ -227,7 +220,7 @@ def check_cluster_ids(cluster_ids: Tensor, batch: int, h: int, w: int, k: int) -
     if cluster_ids.dtype.is_floating_point or cluster_ids.dtype == torch.bool:
         raise InputError(f"cluster_ids must be an integer tensor, got {cluster_ids.dtype}")
     if tuple(cluster_ids.shape) not in ((batch, h, w), (batch, h * w)):
-        raise InputError(f"cluster_ids has shape {tuple(cluster_ids.shape)}, expected [{batch}, {h}, {w}] (one id per 16x16 patch)")
+        raise InputError(f"cluster_ids has shape {tuple(cluster_ids.shape)}, expected [{batch}, {h}, {w}] (one id per patch)")
     lo, hi = (int(v) for v in torch.aminmax(cluster_ids))
     if lo < 0 or hi > k:
         raise InputError(f"cluster_ids must lie in 0..{k} (0 = keep), got values in {lo}..{hi}")
@@ -237,60 +230,34 @@ def check_cluster_ids(cluster_ids: Tensor, batch: int, h: int, w: int, k: int) -
 class ClustViT(nn.Module):
     """ClustViT (or, with k=None and ip=None, the plain ViT) with a Segmenter or UPerNet head.
 
-    Args:
-        num_classes: output classes.
-        img_size: training input size; other sizes work (position embeddings are resampled).
-        patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio: the ViT.
-        k: clusters (>= 1) or None for the plain ViT.
-        ip: injection point, the first block that sees the reduced sequence (0..depth-1), or None.
-        cluster_hidden: hidden width of the Cluster MLP (default 4 * embed_dim).
-        head: "segmenter" (mask transformer) or "uper" (UPerNet on features after `uper_indices`).
-        head_layers: transformer layers of the Segmenter head.
-        uper_indices: block indices feeding UPerNet (default: 4 evenly spaced ending at the last).
-        uper_channels: UPerNet width.
-        drop_path_rate: stochastic depth of the backbone.
+    The model owns its config: `model.config` is the `ModelConfig` it was built from (architecture,
+    classes, and `model.config.data`, the input contract: size, patch size, mean/std).
+
+        model = ClustViT(ModelConfig(num_classes=3, backbone="tiny", k=3, ip=3))
+        model = build_model("cwfid_k3_ip3")          # the same through the registry
     """
 
-    def __init__(
-        self,
-        *,
-        num_classes: int,
-        img_size: int | tuple[int, int] = 512,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        embed_dim: int = 384,
-        depth: int = 12,
-        num_heads: int = 6,
-        mlp_ratio: float = 4.0,
-        k: int | None = 3,
-        ip: int | None = 3,
-        cluster_hidden: int | None = None,
-        head: str = "segmenter",
-        head_layers: int = 2,
-        uper_indices: tuple[int, ...] | None = None,
-        uper_channels: int = 512,
-        drop_path_rate: float = 0.0,
-    ):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        if int(num_classes) != num_classes or num_classes < 1:
-            raise ConfigError(f"num_classes={num_classes}: must be an integer >= 1")
-        if head not in HEADS:
-            raise ConfigError(f"head={head!r}: choose one of {', '.join(HEADS)}")
-        self.num_classes = num_classes
+        if not isinstance(config, ModelConfig):
+            raise ConfigError(f"ClustViT takes a ModelConfig, got {type(config).__name__}; use ModelConfig(**settings) or build_model(NAME)")
+        self.config = config
+        self.num_classes = config.num_classes
+        depth, dim = config.depth, config.embed_dim
         self.backbone = ClustViTBackbone(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
-            num_heads=num_heads, mlp_ratio=mlp_ratio, k=k, ip=ip, cluster_hidden=cluster_hidden,
-            drop_path_rate=drop_path_rate,
+            img_size=config.data.input_size, patch_size=config.patch_size, embed_dim=dim, depth=depth,
+            num_heads=config.num_heads, k=config.k, ip=config.ip, cluster_hidden=config.cluster_hidden,
+            drop_path_rate=config.drop_path_rate,
         )
-        if head == "segmenter":
+        if config.head == "segmenter":
             self.out_indices = (depth - 1,)
-            self.head = SegmenterHead(embed_dim, num_classes, num_layers=head_layers, num_heads=num_heads)
+            self.head = SegmenterHead(dim, config.num_classes, num_layers=config.head_layers, num_heads=config.num_heads)
         else:
-            indices = tuple(uper_indices) if uper_indices else default_uper_indices(depth)
+            indices = config.uper_indices or default_uper_indices(depth)
             if any(not 0 <= i < depth for i in indices) or list(indices) != sorted(set(indices)):
                 raise ConfigError(f"uper_indices={list(indices)}: need increasing block indices in 0..{depth - 1}")
-            self.out_indices = indices
-            self.head = UPerHead([embed_dim] * len(indices), num_classes, channels=uper_channels)
+            self.out_indices = tuple(indices)
+            self.head = UPerHead([dim] * len(indices), config.num_classes, channels=config.uper_channels)
 
     @property
     def clustering(self) -> bool:
@@ -300,10 +267,10 @@ class ClustViT(nn.Module):
         """Segment normalized images.
 
         Args:
-            images: float [B, 3, H, W], normalized as the model's config says. H and W that are not
-                multiples of 16 are zero-padded at the bottom/right; logits are cropped back to H x W,
-                cluster ids cover the padded grid (ceil(H/16) x ceil(W/16)).
-            cluster_ids: optional [B, ceil(H/16), ceil(W/16)] long in 0..k replacing the Cluster
+            images: float [B, 3, H, W], normalized as `config.data` says. H and W that are not
+                multiples of the patch size p are zero-padded at the bottom/right; logits are cropped
+                back to H x W, cluster ids cover the padded grid (ceil(H/p) x ceil(W/p)).
+            cluster_ids: optional [B, ceil(H/p), ceil(W/p)] long in 0..k replacing the Cluster
                 module's choice (oracle clustering); the module's logits are still computed.
             keep_bias: added to the "keep" logit before the argmax (> 0 merges fewer tokens).
         """

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from .devices import autocast_dtype, resolve_device
 from .errors import ConfigError, InputError
-from .preprocess import preprocess, rescale_shape
+from .preprocessing import preprocess, rescale_shape
+from .registry import build_model
 
 
 def labels_at(logits: Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -99,11 +100,61 @@ class SlideModel(nn.Module):
 
 
 @dataclass
+class Prediction:
+    """One image's forward pass, as `predict_batch` returns it.
+
+    logits:      float [1, C, h, w] at network resolution (slide: at the scaled image's resolution).
+    tokens:      tokens after merging, summed over windows for slide inference.
+    patch_tokens: tokens before merging (likewise summed).
+    input:       the normalized network input [1, 3, h, w] (on the model's device).
+    cluster_ids: long [h/p, w/p] on the CPU (p = patch size), None for a plain ViT and for slide inference.
+    """
+
+    logits: Tensor
+    tokens: int
+    patch_tokens: int
+    input: Tensor
+    cluster_ids: Tensor | None
+
+
+@torch.inference_mode()
+def predict_batch(model: nn.Module, images: Sequence[np.ndarray], *, size: int | tuple[int, int] | None = None,
+                  keep_bias: float = 0.0, slide: bool = False, stride: int | None = None) -> list[Prediction]:
+    """The batch prediction path shared by the evaluator and the benchmark: RGB uint8 images -> `Prediction`s.
+
+    Resize mode (default): every image resized to `size` (default the model's training size) and run as
+    one batch. Slide mode: each image scaled to fit (4 * size, size) and run as overlapping size x size
+    windows (mmseg 'slide'; `stride` default 2/3 of size). Class ids at any resolution: `labels_at`.
+    """
+    data = model.config.data
+    h, w = data.check_size(size or data.input_size, "size")
+    device = next(model.parameters()).device
+    if not slide:
+        x = preprocess(list(images), (h, w), data.mean, data.std).to(device)
+        out = model(x, keep_bias=keep_bias)
+        full = data.num_tokens((h, w))
+        return [Prediction(out.logits[j : j + 1], int(out.tokens[j]), full, x[j : j + 1],
+                           None if out.cluster_ids is None else out.cluster_ids[j].cpu()) for j in range(len(images))]
+    if h != w:
+        raise ConfigError(f"size={size}: slide inference takes square windows; give one side")
+    stride = int(stride or max(1, h * 2 // 3))
+    results = []
+    for image in images:
+        x = preprocess(image, slide_shape(*image.shape[:2], h), data.mean, data.std).to(device)
+        windows: list = []
+        logits = slide_logits(model, x, h, stride, model.num_classes, keep_bias=keep_bias, window_outputs=windows)
+        tokens = sum(int(out.tokens[0]) for _, _, out in windows)
+        full = sum(data.num_tokens(o.logits.shape[-2:]) for _, _, o in windows)
+        results.append(Prediction(logits, tokens, full, x, None))
+    return results
+
+
+@dataclass
 class Segmentation:
     """One image's result from `Segmenter`.
 
     labels:        uint8 [H, W] class ids at input resolution (uint16 when the model has > 255 classes).
-    cluster_ids:   int64 [h/16, w/16] cluster of each patch token on the network grid (0 = kept),
+    cluster_ids:   int64 [h/p, w/p] cluster of each patch token on the network grid (p = patch size; 0 = kept),
                    None for a plain ViT.
     class_pixels:  int64 [num_classes] pixels predicted as each class.
     patch_tokens:  tokens before merging; tokens: after merging (kept_tokens + clusters_used).
@@ -136,38 +187,35 @@ class Segmenter:
             A model without weights is an error (never silent random weights).
         device: auto | cpu | cuda | cuda:N.
         precision: fp32 | fp16 | bf16 (autocast; fp16 needs CUDA).
-        input_size: network input side in pixels (multiple of 16); 0 = the model's training size.
+        input_size: network input side in pixels (a multiple of the model's patch size); 0 = the model's training size.
         threads: torch CPU threads (0 = leave torch's default).
     """
 
     def __init__(self, model: str | dict, weights: str | None = None, *, device: str = "auto", precision: str = "fp32",
                  input_size: int = 0, threads: int = 0):
-        from .registry import build_model
-
         self.device = resolve_device(device)
         self.autocast_dtype = autocast_dtype(precision, self.device)
-        if input_size and (input_size < 16 or input_size % 16):
-            raise ConfigError(f"input_size={input_size}: must be a multiple of 16 (or 0 for the model's size)")
         if threads:
             torch.set_num_threads(int(threads))
         self.model = build_model(model, weights="default" if weights in (None, "", "default") else weights)
         self.model.to(self.device)
         cfg = self.model.config
         self.config = cfg
-        self.name = cfg["name"]
-        self.class_names = list(cfg["class_names"])
-        self.palette = np.asarray(cfg["palette"], dtype=np.uint8)
-        self.num_classes = self.model.num_classes
-        self.k = cfg.get("k")
+        self.data = cfg.data
+        self.name = cfg.name
+        self.class_names = list(cfg.class_names)
+        self.palette = np.asarray(cfg.palette, dtype=np.uint8)
+        self.num_classes = cfg.num_classes
+        self.k = cfg.k
         self.precision = precision
-        self.size = int(input_size) or int(cfg["img_size"])
-        self.mean, self.std = cfg["mean"], cfg["std"]
+        self.size = self.data.check_size(int(input_size), "input_size") if input_size else self.data.input_size
+        self.mean, self.std = cfg.mean, cfg.std
         self.label_dtype = np.uint8 if self.num_classes <= 255 else np.uint16
 
     def warm_up(self) -> None:
         """One forward pass on a blank image, so the first real frame does not pay for lazy
         initialization (CUDA context, kernel selection, allocator)."""
-        self(np.zeros((self.size, self.size, 3), np.uint8))
+        self(np.zeros((*self.size, 3), np.uint8))
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -189,7 +237,7 @@ class Segmenter:
         labels = labels_at(out.logits[0], (H, W)).astype(self.label_dtype, copy=False)
         class_pixels = np.bincount(labels.ravel(), minlength=self.num_classes)[: self.num_classes]
         h, w = x.shape[-2:]
-        patch_tokens = -(-h // 16) * -(-w // 16)
+        patch_tokens = self.data.num_tokens((h, w))
         tokens = int(out.tokens[0])
         if out.cluster_ids is None:
             cluster_ids, kept = None, patch_tokens

@@ -5,8 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .data.sample import IGNORE_INDEX
 
-def pseudo_clusters(labels: Tensor, k: int, patch: int = 16, ignore_index: int = 255) -> Tensor:
+
+def pseudo_clusters(labels: Tensor, k: int, patch: int = 16, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Cluster targets from a label mask (after augmentation/resizing).
 
     A patch is *pure* when all its pixels carry one class (patches touching `ignore_index` are not

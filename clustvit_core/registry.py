@@ -9,44 +9,17 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from .errors import ConfigError, WeightsError
-from .model import BACKBONES, ClustViT
-from .palette import default_palette
+from .config import ModelConfig, field_names
+from .data.registry import dataset_info
+from .model import ClustViT
+from .weights import load_weights
 
 ENV_CONFIG_DIR = "CLUSTVIT_CONFIG_DIR"
 ENV_WEIGHTS_DIRS = "CLUSTVIT_WEIGHTS"
-
-# Keys a model config may hold, with defaults. Overrides of build_model use the same names.
-DEFAULTS: dict[str, Any] = {
-    "name": None,
-    "dataset": None,
-    "backbone": "small",
-    "embed_dim": None,  # None: from `backbone`
-    "depth": None,
-    "num_heads": None,
-    "cluster_hidden": None,
-    "head": "segmenter",
-    "head_layers": 2,
-    "uper_indices": None,
-    "uper_channels": 512,
-    "k": None,
-    "ip": None,
-    "img_size": 512,
-    "num_classes": None,
-    "class_names": None,
-    "palette": None,
-    "mean": [127.5, 127.5, 127.5],
-    "std": [127.5, 127.5, 127.5],
-    "drop_path_rate": 0.0,
-    "weights": None,  # file name or path of trained weights (searched, see weights_search_path)
-    "pretrained": None,  # timm ImageNet checkpoint used to start training
-    "train": {},  # trainer settings (clustvit_core.train)
-}
-
 
 def share_dirs() -> list[Path]:
     """share/clustvit_ros of the installs this package may come from: the prefix this file is installed
@@ -106,9 +79,15 @@ def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return merged
 
 
-def load_config(name_or_path: str | os.PathLike | dict, **overrides) -> dict:
-    """The full, validated config of a registry name, a YAML path or a dict, with overrides applied."""
-    if isinstance(name_or_path, dict):
+def load_config(name_or_path: str | os.PathLike | dict | ModelConfig, **overrides) -> ModelConfig:
+    """The validated `ModelConfig` of a registry name, a YAML path, a dict or a config, with overrides applied.
+
+    Overriding `num_classes` drops the class names and palette that came with the file unless they
+    are overridden too (they describe other classes).
+    """
+    if isinstance(name_or_path, ModelConfig):
+        raw, source = name_or_path.to_dict(), name_or_path.source or "<config>"
+    elif isinstance(name_or_path, dict):
         raw, source = dict(name_or_path), "<dict>"
     else:
         text = str(name_or_path)
@@ -118,47 +97,38 @@ def load_config(name_or_path: str | os.PathLike | dict, **overrides) -> dict:
             raise ConfigError(f"unknown model {text!r}; known models: {known} (or pass a path to a .yaml file)")
         raw, source = _resolve(path), str(path)
         raw.setdefault("name", path.stem)
-        raw["_source"] = source
-    unknown = sorted(set(raw) - set(DEFAULTS) - {"_source"})
+        raw["source"] = source
+    raw = {("source" if k == "_source" else k): v for k, v in raw.items()}
+    valid = field_names()
+    unknown = sorted(set(raw) - set(valid))
     if unknown:
-        raise ConfigError(f"{source}: unknown setting(s) {unknown}; valid settings: {', '.join(DEFAULTS)}")
-    bad = sorted(set(overrides) - set(DEFAULTS))
+        raise ConfigError(f"{source}: unknown setting(s) {unknown}; valid settings: {', '.join(valid)}")
+    bad = sorted(set(overrides) - set(valid))
     if bad:
-        raise ConfigError(f"unknown override(s) {bad}; valid names: {', '.join(DEFAULTS)}")
-    cfg = {**DEFAULTS, **raw, **overrides}
-    if "num_classes" in overrides:  # dataset class names/colours no longer apply unless given too
+        raise ConfigError(f"unknown override(s) {bad}; valid names: {', '.join(valid)}")
+    if "num_classes" in overrides:  # the file's class names/colours no longer apply unless given too
         for key in ("class_names", "palette"):
-            if key not in overrides and cfg[key] is not None and len(cfg[key]) != cfg["num_classes"]:
-                cfg[key] = None
-    return _validate(cfg, source)
+            if key not in overrides and raw.get(key) is not None and len(raw[key]) != overrides["num_classes"]:
+                raw[key] = None
+    merged = {**raw, **overrides}
+    if merged.get("dataset"):  # the dataset is the source of classes, names and colours; the YAML overrides them
+        info = dataset_info(merged["dataset"])
+        if merged.get("num_classes") is None:
+            merged["num_classes"] = info.num_classes
+        if merged["num_classes"] == info.num_classes:
+            for key in ("class_names", "palette"):
+                if merged.get(key) is None:
+                    merged[key] = getattr(info, key)
+    return ModelConfig.from_dict(merged, where=source)
 
 
-def _validate(cfg: dict, source: str) -> dict:
-    if cfg["backbone"] not in BACKBONES:
-        raise ConfigError(f"{source}: backbone={cfg['backbone']!r}; choose one of {', '.join(BACKBONES)}")
-    dim, depth, heads, hidden, _ = BACKBONES[cfg["backbone"]]
-    for key, value in (("embed_dim", dim), ("depth", depth), ("num_heads", heads)):
-        if cfg[key] is None:
-            cfg[key] = value
-    if cfg["cluster_hidden"] is None:
-        cfg["cluster_hidden"] = hidden if cfg["embed_dim"] == dim else 4 * cfg["embed_dim"]
-    n = cfg["num_classes"]
-    if not isinstance(n, int) or n < 1:
-        raise ConfigError(f"{source}: num_classes={n!r}; set it to the number of classes (an integer >= 1)")
-    if cfg["class_names"] is None:
-        cfg["class_names"] = [f"class_{i}" for i in range(n)]
-    if len(cfg["class_names"]) != n:
-        raise ConfigError(f"{source}: class_names lists {len(cfg['class_names'])} names for num_classes={n}")
-    if cfg["palette"] is None:
-        cfg["palette"] = default_palette(n)
-    if len(cfg["palette"]) != n or any(len(c) != 3 for c in cfg["palette"]):
-        raise ConfigError(f"{source}: palette needs {n} RGB triples, one per class")
-    for key in ("mean", "std"):
-        if len(cfg[key]) != 3:
-            raise ConfigError(f"{source}: {key} needs 3 values (R, G, B on the 0-255 scale)")
-    if cfg["k"] == 0:
-        raise ConfigError(f"{source}: k=0; use k >= 1 clusters, or k=None and ip=None for a plain ViT")
-    return cfg
+def split_key_values(items: list[str]) -> tuple[list[str], list[str]]:
+    """(plain items, KEY=VALUE items) of a list-valued command-line option.
+
+    The CLIs take model overrides as positional KEY=VALUE arguments; argparse hands those that follow
+    a list-valued option (`--models a b k=3`) to that option. Names and class names never hold '='.
+    """
+    return [i for i in items if "=" not in i], [i for i in items if "=" in i]
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -175,34 +145,20 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
-def model_kwargs(cfg: dict) -> dict:
-    """ClustViT constructor arguments of a validated config."""
-    keys = ("num_classes", "img_size", "embed_dim", "depth", "num_heads", "k", "ip", "cluster_hidden",
-            "head", "head_layers", "uper_indices", "uper_channels", "drop_path_rate")
-    kwargs = {key: cfg[key] for key in keys}
-    if kwargs["uper_indices"] is not None:
-        kwargs["uper_indices"] = tuple(kwargs["uper_indices"])
-    return kwargs
-
-
-def build_model(name_or_config: str | os.PathLike | dict, weights: str | os.PathLike | None = None, **overrides) -> ClustViT:
+def build_model(name_or_config: str | os.PathLike | dict | ModelConfig, weights: str | os.PathLike | None = None, **overrides) -> ClustViT:
     """Build a registered model (see `list_models`), optionally loading weights.
 
     Args:
-        name_or_config: registry name, path to a YAML file, or a config dict.
+        name_or_config: registry name, path to a YAML file, a config dict or a `ModelConfig`.
         weights: None (random initialization), a path to a .safetensors checkpoint, or "default"
             for the file the registry entry names (see `default_weights`).
         overrides: config keys, e.g. backbone="tiny", img_size=256, num_classes=3, k=2, ip=4, head="uper".
     Returns:
-        the model in eval mode, with its validated config as `model.config`.
+        the model in eval mode; `model.config` is its `ModelConfig`.
     """
-    from .weights import load_weights
-
-    cfg = load_config(name_or_config, **overrides)
-    model = ClustViT(**model_kwargs(cfg))
-    model.config = cfg
+    model = ClustViT(load_config(name_or_config, **overrides))
     if weights is not None:
-        path = default_weights(cfg) if str(weights) == "default" else Path(weights)
+        path = default_weights(model.config) if str(weights) == "default" else Path(weights)
         load_weights(model, path)
     return model.eval()
 
@@ -216,23 +172,23 @@ def weights_search_path() -> list[Path]:
     return dirs
 
 
-def default_weights(cfg: dict | str) -> Path:
+def default_weights(cfg: ModelConfig | str) -> Path:
     """The weights file a registry entry names, found on `weights_search_path()`."""
-    if not isinstance(cfg, dict):
+    if not isinstance(cfg, ModelConfig):
         cfg = load_config(cfg)
-    name = cfg.get("weights")
+    name = cfg.weights
     if not name:
-        raise WeightsError(f"model {cfg['name']!r} names no weights file; pass a path explicitly")
+        raise WeightsError(f"model {cfg.name!r} names no weights file; pass a path explicitly")
     candidate = Path(name).expanduser()
     if candidate.is_absolute():
         if candidate.is_file():
             return candidate
-        raise WeightsError(f"weights file {candidate} for model {cfg['name']!r} not found")
+        raise WeightsError(f"weights file {candidate} for model {cfg.name!r} not found")
     for d in weights_search_path():
         if (d / candidate).is_file():
             return d / candidate
     where = ", ".join(str(d) for d in weights_search_path())
     raise WeightsError(
-        f"weights {name} for model {cfg['name']!r} not found in {where}; train it (python -m clustvit_core.train "
-        f"{cfg['name']}), convert it (python -m clustvit_core.convert), or set {ENV_WEIGHTS_DIRS}=DIR"
+        f"weights {name} for model {cfg.name!r} not found in {where}; train it (python -m clustvit_core.train "
+        f"{cfg.name}), convert it (python -m clustvit_core.convert), or set {ENV_WEIGHTS_DIRS}=DIR"
     )

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -26,33 +27,69 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .config import ModelConfig, field_names
 from .data import IGNORE_INDEX, build_dataset
+from .data.transforms import TrainTransform
+from .devices import resolve_device
 from .errors import ConfigError, cli_errors
+from .evaluate import evaluate
 from .pseudo import pseudo_clusters
-from .registry import DEFAULTS, build_model, load_config, parse_overrides
-from .weights import load_timm_backbone, read_checkpoint_metadata, read_state_dict, save_checkpoint
+from .registry import build_model, load_config, parse_overrides
+from .weights import load_timm_backbone, restore_training_state, save_checkpoint, training_state
 
-# Trainer settings: defaults, overridable in a model YAML's `train:` mapping and on the command line.
-TRAIN_DEFAULTS = {
-    "iters": 80000,
-    "batch_size": 8,  # per process
-    "lr": 1e-3,
-    "min_lr": 1e-4,
-    "power": 0.9,
-    "momentum": 0.9,
-    "weight_decay": 0.0,
-    "aux_weight": 0.1,
-    "scale": [0.5, 2.0],
-    "cat_max_ratio": 0.75,
-    "seed": 0,
-    "num_workers": 2,
-    "amp": False,
-    "log_interval": 10,
-    "val_interval": 1000,
-    "val_images": 100,  # at most this many validation images per validation
-    "ckpt_interval": 1000,
-    "keep_last": 3,
-}
+@dataclass(frozen=True)
+class TrainSettings:
+    """Trainer settings: defaults here, overridable in a model YAML's `train:` mapping and on the command line."""
+
+    iters: int = 80000
+    batch_size: int = 8  # per process
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    power: float = 0.9
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    aux_weight: float = 0.1
+    scale: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
+    seed: int = 0
+    num_workers: int = 2
+    amp: bool = False
+    log_interval: int = 10
+    val_interval: int = 1000
+    val_images: int = 100  # at most this many validation images per validation
+    ckpt_interval: int = 1000
+    keep_last: int = 3
+
+    def __post_init__(self) -> None:
+        for key in ("iters", "batch_size", "log_interval", "val_interval", "ckpt_interval", "keep_last", "val_images"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{key}={value!r}: must be an integer >= 1")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ConfigError(f"num_workers={self.num_workers!r}: must be an integer >= 0")
+        if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"lr={self.lr}, min_lr={self.min_lr}: need 0 <= min_lr <= lr, lr > 0")
+        if len(tuple(self.scale)) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ConfigError(f"scale={list(self.scale)}: need [low, high] with 0 < low <= high")
+        object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, overrides: dict | None = None) -> TrainSettings:
+        """Defaults <- the model config's `train:` mapping <- `overrides`; unknown names are an error."""
+        merged = {**cfg.train, **(overrides or {})}
+        unknown = sorted(set(merged) - set(cls.names()))
+        if unknown:
+            raise ConfigError(f"{cfg.source or cfg.name}: unknown train setting(s) {unknown}; valid: {', '.join(cls.names())}")
+        return cls(**merged)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "scale": list(self.scale)}
+
+
 CKPT_DIR = "checkpoints"
 CKPT_NAME = re.compile(r"iter_(\d{7})\.safetensors$")
 
@@ -109,6 +146,11 @@ def poly_lr(it: int, iters: int, lr: float, min_lr: float, power: float) -> floa
     return (lr - min_lr) * (1 - it / iters) ** power + min_lr
 
 
+def patch_size(model) -> int:
+    """The patch size of a model, also through a DistributedDataParallel wrapper."""
+    return getattr(model, "module", model).config.patch_size
+
+
 def compute_loss(model, images, labels, aux_weight: float) -> tuple[torch.Tensor, dict]:
     """(total loss, {"seg": ..., "cluster": ..., "tokens": ...}) for a batch."""
     out = model(images)
@@ -117,25 +159,11 @@ def compute_loss(model, images, labels, aux_weight: float) -> tuple[torch.Tensor
     loss = seg
     if out.cluster_logits is not None:
         k = out.cluster_logits.shape[-1] - 1
-        target = pseudo_clusters(labels, k).flatten(1)
+        target = pseudo_clusters(labels, k, patch=patch_size(model)).flatten(1)
         cluster = F.cross_entropy(out.cluster_logits.float().flatten(0, 1), target.flatten())
         parts["cluster"] = cluster.detach()
         loss = seg + aux_weight * cluster
     return loss, parts
-
-
-def training_settings(cfg: dict, overrides: dict) -> dict:
-    settings = {**TRAIN_DEFAULTS, **(cfg.get("train") or {})}
-    unknown = sorted(set(settings) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"{cfg.get('_source', cfg['name'])}: unknown train setting(s) {unknown}; valid: {', '.join(TRAIN_DEFAULTS)}")
-    settings.update(overrides)
-    for key in ("iters", "batch_size", "log_interval", "val_interval", "ckpt_interval", "keep_last"):
-        if not isinstance(settings[key], int) or settings[key] < 1:
-            raise ConfigError(f"{key}={settings[key]!r}: must be an integer >= 1")
-    if not 0 < settings["lr"] or not 0 <= settings["min_lr"] <= settings["lr"]:
-        raise ConfigError(f"lr={settings['lr']}, min_lr={settings['min_lr']}: need 0 <= min_lr <= lr, lr > 0")
-    return settings
 
 
 def split_overrides(items: list[str]) -> tuple[dict, dict]:
@@ -143,9 +171,9 @@ def split_overrides(items: list[str]) -> tuple[dict, dict]:
     model_over, train_over = {}, {}
     for key, value in parse_overrides(items).items():
         name = key.removeprefix("train.")
-        if key.startswith("train.") or (name in TRAIN_DEFAULTS and name not in DEFAULTS):
-            if name not in TRAIN_DEFAULTS:
-                raise ConfigError(f"unknown train setting {name!r}; valid: {', '.join(TRAIN_DEFAULTS)}")
+        if key.startswith("train.") or (name in TrainSettings.names() and name not in field_names()):
+            if name not in TrainSettings.names():
+                raise ConfigError(f"unknown train setting {name!r}; valid: {', '.join(TrainSettings.names())}")
             train_over[name] = value
         else:
             model_over[key] = value
@@ -157,114 +185,84 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def _state_tensors(model, optimizer) -> dict[str, torch.Tensor]:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for i, p in enumerate(params):
-        for name, value in optimizer.state.get(p, {}).items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{i}.{name}"] = value
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = state
-    return tensors
-
-
-def _restore(path: Path, model, optimizer, scaler) -> dict:
-    tensors = read_state_dict(path)
-    extra = read_checkpoint_metadata(path)["extra"] or {}
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, i, name = key.split(".", 2)
-            optimizer.state[params[int(i)]][name] = value.to(params[int(i)].device)
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
-    if scaler is not None and extra.get("scaler"):
-        scaler.load_state_dict(extra["scaler"])
-    return extra
-
-
 # ----------------------------------------------------------------------------- trainer
 
 
 class Trainer:
-    def __init__(self, args):
-        self.args = args
-        model_over, train_over = split_overrides(args.overrides)
-        for flag, key in (("iters", "iters"), ("batch_size", "batch_size"), ("seed", "seed"), ("num_workers", "num_workers")):
-            if getattr(args, flag) is not None:
-                train_over[key] = getattr(args, flag)
-        if args.amp:
-            train_over["amp"] = True
-        self.cfg = load_config(args.model, **model_over)
-        self.settings = training_settings(self.cfg, train_over)
-        self.work_dir = Path(args.work_dir or Path("work_dirs") / self.cfg["name"])
+    """Trains one model config with one set of settings; `run()` returns the final weights file.
 
+    Args:
+        cfg: the model to train (its `pretrained`, `dataset` and `train` fields are used).
+        settings: trainer settings (`TrainSettings.from_config(cfg, overrides)`).
+        work_dir: output folder (default work_dirs/NAME).
+        data_root: dataset folder (default: the dataset's own location).
+        device: auto | cpu | cuda | cuda:N (under torchrun, "cuda" means this process's local GPU).
+        resume: continue from the newest checkpoint in `work_dir`.
+        quiet: plain log lines instead of a progress bar.
+    """
+
+    def __init__(self, cfg: ModelConfig, settings: TrainSettings, *, work_dir: str | Path | None = None,
+                 data_root: str | Path | None = None, device: str = "auto", resume: bool = False, quiet: bool = False):
+        self.cfg, self.settings = cfg, settings
+        self.work_dir = Path(work_dir or Path("work_dirs") / (cfg.name or "model"))
+        self.data_root, self.resume, self.quiet = data_root, resume, quiet
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed:
-            backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
+            backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
             dist.init_process_group(backend)
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
-        self.device = self._device(args.device)
+        self.device = self._device(device)
         self.is_main = self.rank == 0
 
     def _device(self, name: str) -> torch.device:
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        if name.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise ConfigError(f"--device {name}: no CUDA device is available; use --device cpu")
-            if self.distributed and name == "cuda":
-                name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-            torch.cuda.set_device(torch.device(name))
-        return torch.device(name)
+        if self.distributed and name in ("cuda", "auto") and torch.cuda.is_available():
+            name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        device = resolve_device(name, what="--device")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return device
 
     def log(self, message: str) -> None:
         if self.is_main:
             tqdm.write(message)
 
     def run(self) -> Path:
-        from .data.transforms import TrainTransform
-
         s, cfg = self.settings, self.cfg
-        torch.manual_seed(s["seed"])
+        torch.manual_seed(s.seed)
         model = build_model(cfg)
-        if cfg["pretrained"]:
-            load_timm_backbone(model, cfg["pretrained"])
-            self.log(f"backbone initialized from {cfg['pretrained']}")
+        if cfg.pretrained:
+            load_timm_backbone(model, cfg.pretrained)
+            self.log(f"backbone initialized from {cfg.pretrained}")
         elif self.is_main:
             self.log("no `pretrained:` checkpoint in the config: training from random initialization")
         model.to(self.device).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
+        optimizer = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
         amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        scaler = torch.amp.GradScaler(self.device.type) if s["amp"] and amp_dtype == torch.float16 else None
+        scaler = torch.amp.GradScaler(self.device.type) if s.amp and amp_dtype == torch.float16 else None
 
         start, extra = 0, {}
-        ckpt = latest_checkpoint(self.work_dir) if self.args.resume else None
-        if self.args.resume and ckpt is None:
+        ckpt = latest_checkpoint(self.work_dir) if self.resume else None
+        if self.resume and ckpt is None:
             self.log(f"--resume: no checkpoint in {self.work_dir / CKPT_DIR}; starting from iteration 0")
         if ckpt is not None:
-            extra = _restore(ckpt, model, optimizer, scaler)
+            extra = restore_training_state(ckpt, model, optimizer)
+            if scaler is not None and extra.get("scaler"):
+                scaler.load_state_dict(extra["scaler"])
             start = int(extra["iteration"])
             self.log(f"resumed from {ckpt} (iteration {start})")
         best = extra.get("best_miou")
 
-        train_set = build_dataset(cfg["dataset"], "train", root=self.args.data_root)
+        train_set = build_dataset(cfg.dataset, "train", root=self.data_root)
         if len(train_set) == 0:
-            raise ConfigError(f"dataset {cfg['dataset']!r} has no training images")
-        val_set = build_dataset(cfg["dataset"], "val", root=self.args.data_root) if self.is_main else None
-        transform = TrainTransform(cfg["img_size"], cfg["mean"], cfg["std"], scale=tuple(s["scale"]), cat_max_ratio=s["cat_max_ratio"])
-        stream = SampleStream(train_set, transform, s["seed"])
+            raise ConfigError(f"dataset {cfg.dataset!r} has no training images")
+        val_set = build_dataset(cfg.dataset, "val", root=self.data_root) if self.is_main else None
+        transform = TrainTransform(cfg.img_size, cfg.mean, cfg.std, scale=s.scale, cat_max_ratio=s.cat_max_ratio)
+        stream = SampleStream(train_set, transform, s.seed)
         loader = torch.utils.data.DataLoader(
-            stream, batch_sampler=StreamBatches(s["batch_size"], start, s["iters"], self.rank, self.world),
-            num_workers=s["num_workers"], pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(s["seed"]),  # keeps the loader off the global RNG (bit-exact resume)
+            stream, batch_sampler=StreamBatches(s.batch_size, start, s.iters, self.rank, self.world),
+            num_workers=s.num_workers, pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(s.seed),  # keeps the loader off the global RNG (bit-exact resume)
         )
         net = model
         if self.distributed:
@@ -274,20 +272,20 @@ class Trainer:
 
         if self.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            (self.work_dir / "config.json").write_text(json.dumps({"model": cfg, "train": s, "world_size": self.world}, indent=2, default=str))
+            (self.work_dir / "config.json").write_text(json.dumps({"model": cfg.to_dict(), "train": s.to_dict(), "world_size": self.world}, indent=2, default=str))
         csv_log = self.work_dir / "metrics.csv" if self.is_main else None
         board = self._tensorboard() if self.is_main else None
-        bar = tqdm(total=s["iters"], initial=start, desc=cfg["name"], disable=not self.is_main or self.args.quiet, dynamic_ncols=True)
+        bar = tqdm(total=s.iters, initial=start, desc=cfg.name, disable=not self.is_main or self.quiet, dynamic_ncols=True)
         seen, t0 = 0, time.perf_counter()
         it = start
         try:
             for images, labels in loader:
-                lr = poly_lr(it, s["iters"], s["lr"], s["min_lr"], s["power"])
+                lr = poly_lr(it, s.iters, s.lr, s.min_lr, s.power)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=s["amp"]):
-                    loss, parts = compute_loss(net, images, labels, s["aux_weight"])
+                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=s.amp):
+                    loss, parts = compute_loss(net, images, labels, s.aux_weight)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -301,23 +299,26 @@ class Trainer:
                 it += 1
                 seen += images.shape[0] * self.world
                 bar.update(1)
-                if it % s["log_interval"] == 0 or it == s["iters"]:
+                if it % s.log_interval == 0 or it == s.iters:
                     rate = seen / (time.perf_counter() - t0)
-                    row = {"iter": it, "loss": loss.item(), "seg_loss": parts["seg"].item(),
-                           "cluster_loss": parts["cluster"].item() if "cluster" in parts else float("nan"),
-                           "lr": lr, "img_s": rate, "train_tokens": parts["tokens"].item()}
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", seg=f"{row['seg_loss']:.3f}", clu=f"{row['cluster_loss']:.3f}", lr=f"{lr:.1e}", img_s=f"{rate:.1f}")
+                    row = {"iter": it, "loss": loss.item(), "seg_loss": parts["seg"].item(), "lr": lr, "img_s": rate,
+                           "train_tokens": parts["tokens"].item()}
+                    if "cluster" in parts:  # a plain ViT has no cluster loss: nothing is logged for it
+                        row["cluster_loss"] = parts["cluster"].item()
+                    shown = {"loss": row["loss"], "seg": row["seg_loss"], "cluster": row.get("cluster_loss")}
+                    shown = {k: f"{v:.4f}" for k, v in shown.items() if v is not None}
+                    bar.set_postfix(**shown, lr=f"{lr:.1e}", img_s=f"{rate:.1f}")
                     self._record(csv_log, board, row)
-                    if self.args.quiet and self.is_main:
-                        print(f"iter {it}/{s['iters']} loss {row['loss']:.4f} seg {row['seg_loss']:.4f} cluster {row['cluster_loss']:.4f} lr {lr:.3e}", flush=True)
-                if self.is_main and (it % s["val_interval"] == 0 or it == s["iters"]):
+                    if self.quiet and self.is_main:
+                        print(f"iter {it}/{s.iters} " + " ".join(f"{k} {v}" for k, v in shown.items()) + f" lr {lr:.3e}", flush=True)
+                if self.is_main and (it % s.val_interval == 0 or it == s.iters):
                     metrics = self._validate(model, val_set)
                     self._record(csv_log, board, {"iter": it, **{f"val_{k}": v for k, v in metrics.items()}})
                     self.log(f"iteration {it}: val mIoU {metrics['miou']:.4f}, tokens {metrics['tokens_mean']:.1f}")
                     if best is None or metrics["miou"] > best or (math.isnan(best) and not math.isnan(metrics["miou"])):
                         best = metrics["miou"]
                         save_checkpoint(self.work_dir / "best.safetensors", model.state_dict(), cfg, {"iteration": it, "miou": best})
-                if self.is_main and (it % s["ckpt_interval"] == 0 or it == s["iters"]):
+                if self.is_main and (it % s.ckpt_interval == 0 or it == s.iters):
                     self._save(model, optimizer, scaler, it, best)
         except KeyboardInterrupt:
             if self.is_main and it > start:
@@ -337,28 +338,26 @@ class Trainer:
         return final
 
     def _save(self, model, optimizer, scaler, it: int, best) -> Path:
-        extra = {"iteration": it, "best_miou": best, "settings": self.settings}
+        extra = {"iteration": it, "best_miou": best, "settings": self.settings.to_dict()}
         if scaler is not None:
             extra["scaler"] = scaler.state_dict()
-        path = save_checkpoint(self.work_dir / CKPT_DIR / f"iter_{it:07d}.safetensors", _state_tensors(model, optimizer), self.cfg, extra)
+        path = save_checkpoint(self.work_dir / CKPT_DIR / f"iter_{it:07d}.safetensors", training_state(model, optimizer), self.cfg, extra)
         old = sorted(p for p in (self.work_dir / CKPT_DIR).glob("iter_*.safetensors") if CKPT_NAME.search(p.name))
-        for stale in old[: -self.settings["keep_last"]]:
+        for stale in old[: -self.settings.keep_last]:
             stale.unlink()
         return path
 
     def _validate(self, model, val_set) -> dict:
-        from .evaluate import evaluate
-
         was_training = model.training
         model.eval()
         rng_state = torch.get_rng_state()  # validation must not shift the training RNG stream
         try:
-            result = evaluate(model, val_set, max_images=self.settings["val_images"], device=self.device, progress=False)
+            result = evaluate(model, val_set, max_images=self.settings.val_images, device=self.device, progress=False)
         finally:
             torch.set_rng_state(rng_state)
             model.train(was_training)
-        miou = result["miou"]  # None when the validation images hold no labelled pixel
-        return {"miou": float("nan") if miou is None else float(miou), "tokens_mean": float(result["tokens"]["mean"])}
+        miou = result.miou  # None when the validation images hold no labelled pixel
+        return {"miou": float("nan") if miou is None else float(miou), "tokens_mean": float(result.tokens.mean)}
 
     def _record(self, csv_path, board, row: dict) -> None:
         if csv_path is None:
@@ -395,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  python -m clustvit_core.train cwfid_k3_ip3 --resume            # continue after a crash or Ctrl-C\n"
         "  torchrun --nproc_per_node 2 -m clustvit_core.train cwfid_k3_ip3  # one process per GPU\n"
         "key=value overrides set model settings (backbone, k, ip, img_size, pretrained, ...) or trainer\n"
-        f"settings ({', '.join(TRAIN_DEFAULTS)}); prefix train. to force the latter.\n"
+        f"settings ({', '.join(TrainSettings.names())}); prefix train. to force the latter.\n"
         "--batch-size is per process. `pretrained: PATH` in the model YAML (or pretrained=PATH) starts the\n"
         "backbone from a local timm ImageNet ViT checkpoint; without it training starts from random weights.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -404,8 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="model or trainer settings, e.g. lr=0.01 k=2")
     parser.add_argument("--data-root", default=None, help="dataset folder (default: the dataset's environment variable / default location)")
     parser.add_argument("--work-dir", default=None, help="output folder (default work_dirs/MODEL)")
-    parser.add_argument("--iters", type=int, default=None, help=f"training iterations (default {TRAIN_DEFAULTS['iters']})")
-    parser.add_argument("--batch-size", type=int, default=None, help=f"images per iteration and process (default {TRAIN_DEFAULTS['batch_size']})")
+    parser.add_argument("--iters", type=int, default=None, help=f"training iterations (default {TrainSettings.iters})")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"images per iteration and process (default {TrainSettings.batch_size})")
     parser.add_argument("--seed", type=int, default=None, help="seed of initialization, data order and augmentation (default 0)")
     parser.add_argument("--num-workers", type=int, default=None, help="data loader worker processes (default 2)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (fp16 on GPU, bf16 on CPU)")
@@ -418,8 +417,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     with cli_errors("clustvit_core.train"):
+        model_over, train_over = split_overrides(args.overrides)
+        for key in ("iters", "batch_size", "seed", "num_workers"):
+            if getattr(args, key) is not None:
+                train_over[key] = getattr(args, key)
+        if args.amp:
+            train_over["amp"] = True
+        cfg = load_config(args.model, **model_over)
+        settings = TrainSettings.from_config(cfg, train_over)
+        trainer = Trainer(cfg, settings, work_dir=args.work_dir, data_root=args.data_root, device=args.device,
+                          resume=args.resume, quiet=args.quiet)
         try:
-            Trainer(args).run()
+            trainer.run()
         except KeyboardInterrupt:
             return 130
     return 0

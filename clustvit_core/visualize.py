@@ -125,20 +125,20 @@ def _save(fig, path: str | Path) -> Path:
 def save_example_figure(path: str | Path, image: np.ndarray, labels, prediction, palette, *,
                         pseudo_ids=None, predicted_ids=None, k: int | None = None,
                         input_shape: tuple[int, int] | None = None, class_names: Sequence[str] | None = None,
-                        title: str | None = None, tokens: int | None = None) -> Path:
+                        title: str | None = None, tokens: int | None = None, patch: int = 16) -> Path:
     """One row like the ClustViT paper's Fig. 2: input | ground truth | prediction | pseudo-clusters |
     predicted clusters (the cluster panels are left out when their ids are None, e.g. a plain ViT).
 
     `labels` and `prediction` are [H, W] class ids at the image's resolution; the cluster ids are
-    patch grids of the network input (`input_shape`), scaled to the image.
+    patch grids of the network input (`input_shape`, the model's `patch` size), scaled to the image.
     """
     H, W = image.shape[:2]
     panels = [("input", image), ("ground truth", colorize(labels, palette)), ("prediction", colorize(prediction, palette))]
     if pseudo_ids is not None:
-        panels.append(("pseudo-clusters", cluster_map(pseudo_ids, (H, W), k, input_shape)))
+        panels.append(("pseudo-clusters", cluster_map(pseudo_ids, (H, W), k, input_shape, patch)))
     if predicted_ids is not None:
         name = "predicted clusters" + (f"\n{tokens} tokens" if tokens is not None else "")
-        panels.append((name, cluster_map(predicted_ids, (H, W), k, input_shape)))
+        panels.append((name, cluster_map(predicted_ids, (H, W), k, input_shape, patch)))
     aspect = H / max(W, 1)
     fig = _figure(3.0 * len(panels), 3.0 * aspect + (0.9 if class_names else 0.5))
     axes = fig.subplots(1, len(panels))

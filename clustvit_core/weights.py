@@ -1,7 +1,12 @@
-"""Saving and loading weights: safetensors for our checkpoints, timm ViT checkpoints for the backbone.
+"""Checkpoints of every kind: saving and loading weights, training state, timm ViT backbones.
 
-Nothing here unpickles arbitrary objects: `.safetensors` files hold tensors only and any
-`torch.load` runs with `weights_only=True`.
+Two kinds of file, one format (.safetensors, the `ModelConfig` and JSON extras in its metadata):
+- weights: the model's state dict under its own keys (trainer's best/final, `export`, `convert`);
+- training checkpoints (`checkpoints/iter_*.safetensors`): the model under `model.*`, the optimizer
+  state under `optim.{i}.{name}` (i = parameter index over the optimizer's groups), RNG states under
+  `rng.torch` / `rng.cuda.{i}`, and the iteration etc. in the extras.
+`load_weights` accepts both. Nothing here unpickles arbitrary objects: `.safetensors` files hold
+tensors only and any `torch.load` runs with `weights_only=True`.
 """
 from __future__ import annotations
 
@@ -17,13 +22,15 @@ from safetensors.torch import load_file, save_file
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
-from .errors import WeightsError
+from .config import ModelConfig
+from .errors import ConfigError, WeightsError
 
 CONFIG_KEY = "clustvit_config"
 EXTRA_KEY = "clustvit_extra"
+MODEL_PREFIX = "model."  # training checkpoints: model tensors under this prefix
 
 
-def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, Tensor], config: dict | None = None,
+def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, Tensor], config: ModelConfig | dict | None = None,
                     extra: dict | None = None) -> Path:
     """Write tensors (+ the model config and any JSON-able `extra` as metadata) to a .safetensors file atomically.
 
@@ -35,6 +42,7 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, Tensor], conf
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     metadata = {}
     if config is not None:
+        config = config.to_dict() if isinstance(config, ModelConfig) else config
         metadata[CONFIG_KEY] = json.dumps(config, sort_keys=True)
     if extra is not None:
         metadata[EXTRA_KEY] = json.dumps(extra, sort_keys=True)
@@ -64,9 +72,60 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict:
     return {name: json.loads(meta[key]) if key in meta else None for name, key in (("config", CONFIG_KEY), ("extra", EXTRA_KEY))}
 
 
-def read_checkpoint_config(path: str | os.PathLike) -> dict | None:
+def read_checkpoint_config(path: str | os.PathLike) -> ModelConfig | None:
     """The model config stored in a .safetensors checkpoint by `save_checkpoint`, or None."""
-    return read_checkpoint_metadata(path)["config"]
+    stored = read_checkpoint_metadata(path)["config"]
+    if stored is None:
+        return None
+    try:
+        return ModelConfig.from_dict(stored, where=f"{path} (stored config)")
+    except ConfigError as exc:
+        raise WeightsError(f"{exc}; pass the model name explicitly") from None
+
+
+def is_training_checkpoint(state_dict: dict[str, Tensor]) -> bool:
+    """True for a trainer's `checkpoints/iter_*.safetensors` (model under `model.*`, optimizer, RNG)."""
+    return any(k.startswith(MODEL_PREFIX) for k in state_dict) and any(k.startswith(("optim.", "rng.")) for k in state_dict)
+
+
+def model_tensors(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The model's own state dict in a file of either kind (training checkpoints: `model.*` unprefixed)."""
+    if is_training_checkpoint(state_dict):
+        return {k[len(MODEL_PREFIX):]: v for k, v in state_dict.items() if k.startswith(MODEL_PREFIX)}
+    return state_dict
+
+
+def training_state(model: nn.Module, optimizer) -> dict[str, Tensor]:
+    """Model, optimizer and RNG state as the tensors of a training checkpoint (layout: module docstring)."""
+    tensors = {f"{MODEL_PREFIX}{k}": v for k, v in model.state_dict().items()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, p in enumerate(params):
+        for name, value in optimizer.state.get(p, {}).items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{i}.{name}"] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    return tensors
+
+
+def restore_training_state(path: str | os.PathLike, model: nn.Module, optimizer) -> dict:
+    """Load a training checkpoint into `model` and `optimizer`, restore the RNG states; returns its extras."""
+    tensors = read_state_dict(path, what="training checkpoint")
+    if not is_training_checkpoint(tensors):
+        raise WeightsError(f"{path}: not a training checkpoint (no model.* / optim.* tensors); start without --resume")
+    model.load_state_dict(model_tensors(tensors), strict=True)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, i, name = key.split(".", 2)
+            optimizer.state[params[int(i)]][name] = value.to(params[int(i)].device)
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return read_checkpoint_metadata(path)["extra"] or {}
 
 
 def read_state_dict(path: str | os.PathLike, what: str = "weights file") -> dict[str, Tensor]:
@@ -153,12 +212,13 @@ def load_timm_backbone(model: nn.Module, path: str | os.PathLike) -> None:
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a full ClustViT/ViT checkpoint (ours, .safetensors) into `model`, strictly.
+    """Load a full ClustViT/ViT checkpoint (ours, .safetensors: weights or a training checkpoint) into
+    `model`, strictly.
 
     Position embeddings trained at another size are resampled. mmsegmentation checkpoints must be
     converted first (`python -m clustvit_core.convert`).
     """
-    sd = read_state_dict(path)
+    sd = model_tensors(read_state_dict(path))
     if is_mmseg(sd):
         raise WeightsError(f"{path}: this is an mmsegmentation checkpoint; convert it with `python -m clustvit_core.convert {path} OUT.safetensors --model NAME`")
     if is_timm_vit(sd):

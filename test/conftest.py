@@ -24,7 +24,7 @@ def tiny_model(**overrides):
 
 def plain_twin(model):
     """The plain ViT with the same weights as a ClustViT (all keys but the cluster module and regenerator)."""
-    vit = cc.build_model({**model.config, "k": None, "ip": None}).eval()
+    vit = cc.build_model(model.config.replace(k=None, ip=None)).eval()
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith(("backbone.cluster_mlp.", "backbone.regenerator."))}
     vit.load_state_dict(sd, strict=True)
     return vit

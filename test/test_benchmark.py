@@ -6,7 +6,7 @@ import pytest
 
 from clustvit_core import benchmark
 
-TINY_SET = ["--set", "embed_dim=64", "depth=4", "num_heads=2", "cluster_hidden=32"]
+TINY_SET = ["embed_dim=64", "depth=4", "num_heads=2", "cluster_hidden=32"]
 
 
 def test_benchmark_on_cwfid_with_oracle_clusters(tmp_path, capsys):
@@ -35,7 +35,7 @@ def test_benchmark_on_cwfid_with_oracle_clusters(tmp_path, capsys):
         (["--models", "nope_vit"], "unknown model 'nope_vit'"),
         (["--models", "cwfid_vit", "--size", "100"], "--size 100"),
         (["--models", "cwfid_vit", "--images", "/does/not/exist"], "not a folder"),
-        (["--models", "cwfid_vit", "--set", "backbone"], "must look like key=value"),
+        (["--models", "cwfid_vit", "=small"], "must look like key=value"),
     ],
 )
 def test_benchmark_user_errors_are_one_line(args, message):

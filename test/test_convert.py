@@ -434,7 +434,7 @@ def test_cli_end_to_end(tmp_path):
     assert torch.equal(model.backbone.blocks[1].attn.qkv.weight, sd["backbone.layers.1.attn.attn.in_proj_weight"])
     assert torch.equal(model.backbone.cluster_mlp.fc2.weight, sd["backbone.clusterer.net.2.weight"])
     assert torch.equal(model.backbone.pos_embed, resize_pos_embed(sd["backbone.pos_embed"], (4, 4)))
-    assert clustvit_core.read_checkpoint_config(out)["embed_dim"] == D
+    assert clustvit_core.read_checkpoint_config(out).embed_dim == D
 
 
 def run_main(capsys, *args):

@@ -1,5 +1,6 @@
 """Dataset layer: registry, CWFID on the real files, SUIM / RumexWeeds / ADE20K on small fixtures written in
 their real folder layouts, the SUIM converter and RumexWeeds prepare CLIs, and the one-line input errors."""
+import dataclasses
 import subprocess
 import sys
 import warnings
@@ -10,15 +11,20 @@ import numpy as np
 import pytest
 import yaml
 
-from clustvit_core.data import Sample, base as base_mod, build_dataset, dataset_names
+from clustvit_core.data import DatasetInfo, Sample, base as base_mod, build_dataset, dataset_info, dataset_names
 from clustvit_core.data import cwfid, rumexweeds_prepare, suim, suim_convert
-from clustvit_core.data.registry import DATASETS, build, dataset_info
+from clustvit_core.data.base import FilePairDataset
+from clustvit_core.data.registry import DATASETS, SyntheticDataset, build
 from clustvit_core.data.synthetic import make_scene
 from clustvit_core.errors import ConfigError, InputError
+from clustvit_core.registry import list_models, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CWFID_ROOT = REPO.parent / "shared" / "data" / "cwfid"
 ATTRS = ("name", "class_names", "palette", "num_classes", "ignore_index", "split", "root")
+NAMES = dataset_names()  # every registered dataset
+FILE_DATASETS = [n for n in NAMES if issubclass(DATASETS[n], FilePairDataset)]
+SYNTHETIC_DATASETS = [n for n in NAMES if issubclass(DATASETS[n], SyntheticDataset)]
 
 
 @pytest.fixture(autouse=True)
@@ -69,57 +75,80 @@ def check_sample(ds, sample, shape):
     for attr in ATTRS:
         assert hasattr(ds, attr), attr
     assert ds.ignore_index == 255 and ds.num_classes == len(ds.class_names) == len(ds.palette)
+    assert info_of(ds) == dataset_info(ds.name)
+
+
+def info_of(ds) -> DatasetInfo:
+    """What a built dataset says about its classes, as a DatasetInfo."""
+    return DatasetInfo(ds.name, ds.num_classes, tuple(ds.class_names), tuple(tuple(c) for c in ds.palette))
 
 
 # ---------------------------------------------------------------------------------------- registry
 
 def test_registry_names_and_unknowns():
-    assert dataset_names() == sorted(DATASETS) == [
-        "ade20k", "cwfid", "rumexweeds", "suim", "synthetic_agri", "synthetic_underwater"]
-    one_line_error(ConfigError, lambda: build("pascal", "train"), "unknown dataset 'pascal'", "ade20k, cwfid,")
+    assert NAMES == sorted(DATASETS) and set(FILE_DATASETS) | set(SYNTHETIC_DATASETS) == set(NAMES)
+    assert all(DATASETS[name].name == name for name in NAMES)
+    known = ", ".join(NAMES)
+    one_line_error(ConfigError, lambda: build("pascal", "train"), "unknown dataset 'pascal'", known)
     one_line_error(ConfigError, lambda: build_dataset("suim", "training"), "unknown split 'training'",
                    "train, val, test")
     one_line_error(ConfigError, lambda: build("cwfid", "all"), "val (= test)")
     one_line_error(ConfigError, lambda: build("synthetic_agri", "val", colour="red"), "colour",
                    "num_images, size")
-    one_line_error(ConfigError, lambda: dataset_info("nope"), "known datasets")
+    for bad in ("nope", None, ["cwfid"]):
+        one_line_error(ConfigError, lambda: dataset_info(bad), f"unknown dataset {bad!r}", known)
 
 
-@pytest.mark.parametrize("name, env", [("suim", "CLUSTVIT_SUIM_ROOT"), ("rumexweeds", "CLUSTVIT_RUMEXWEEDS_ROOT"),
-                                       ("ade20k", "CLUSTVIT_ADE20K_ROOT")])
-def test_registry_root_from_env_or_clear_error(name, env, monkeypatch, tmp_path):
+@pytest.mark.parametrize("name", FILE_DATASETS)
+def test_registry_root_from_env_or_clear_error(name, monkeypatch, tmp_path):
+    env = DATASETS[name].env_var
+    assert env.startswith("CLUSTVIT_") and env.endswith("_ROOT")
     monkeypatch.delenv(env, raising=False)
-    one_line_error(ConfigError, lambda: build(name, "train"), "--data-root", env)
+    if DATASETS[name].default_root() is None:
+        one_line_error(ConfigError, lambda: build(name, "train"), "--data-root", env)
     monkeypatch.setenv(env, str(tmp_path / "missing"))
     one_line_error(InputError, lambda: build(name, "train"), tmp_path / "missing", "folder not found", env)
 
 
-def test_dataset_info_matches_model_configs():
-    configs = REPO / "config" / "models"
-    for name in ("cwfid", "suim", "rumexweeds", "ade20k"):
-        config = yaml.safe_load((configs / f"_{name}.yaml").read_text())
-        class_names, palette = dataset_info(name)
-        assert config["dataset"] == name and config["num_classes"] == len(class_names) == len(palette)
-        if "class_names" in config:
-            assert config["class_names"] == class_names
-        if "palette" in config:
-            assert config["palette"] == palette
-        assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in palette)
+@pytest.mark.parametrize("name", NAMES)
+def test_dataset_info_is_the_dataset_class(name, monkeypatch, tmp_path):
+    """dataset_info reads the class attributes only: it works without the dataset's files."""
+    cls = DATASETS[name]
+    if getattr(cls, "env_var", ""):
+        monkeypatch.setenv(cls.env_var, str(tmp_path / "missing"))
+    info = dataset_info(name)
+    assert info == DatasetInfo(name, len(cls.class_names), tuple(cls.class_names), tuple(tuple(c) for c in cls.palette))
+    assert info.num_classes == len(info.palette) >= 1
+    assert all(isinstance(n, str) and n for n in info.class_names) and len(set(info.class_names)) == info.num_classes
+    assert all(len(c) == 3 and all(type(v) is int and 0 <= v <= 255 for v in c) for c in info.palette)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.num_classes = 0
+    assert hash(info) == hash(dataset_info(name))
 
 
-def test_synthetic_datasets():
-    for name, kind in (("synthetic_agri", "agri"), ("synthetic_underwater", "underwater")):
-        assert [len(build(name, s)) for s in ("train", "val", "test")] == [200, 50, 50]  # lazy: nothing generated
-        ds = build(name, "val", num_images=2, size=32)
-        assert ds.root is None and ds.split == "val" and (ds.class_names, ds.palette) == dataset_info(name)
-        sample = ds[1]
-        check_sample(ds, sample, (32, 32))
-        image, labels = make_scene(kind, 1_000_000 + 1, 32)  # val = seed 1
-        assert np.array_equal(sample.image, image) and np.array_equal(sample.labels, labels)
-        assert not np.array_equal(build(name, "train", num_images=1, size=32)[0].image, ds[0].image)
-        assert sample.name == f"{name}_val_00001" and ds[-1].name == sample.name
-        with pytest.raises(IndexError):
-            ds[2]
+@pytest.mark.parametrize("model", list_models())
+def test_model_dataset_is_registered(model):
+    """Each model YAML names a registered dataset, whose classes and colours the model takes."""
+    cfg = load_config(model)
+    assert cfg.dataset in NAMES, f"{model}: dataset {cfg.dataset!r} is not registered"
+    info = dataset_info(cfg.dataset)
+    assert (cfg.num_classes, cfg.class_names, cfg.palette) == (info.num_classes, info.class_names, info.palette)
+
+
+@pytest.mark.parametrize("name", SYNTHETIC_DATASETS)
+def test_synthetic_datasets(name):
+    kind = DATASETS[name].kind
+    assert [len(build(name, s)) for s in ("train", "val", "test")] == [200, 50, 50]  # lazy: nothing generated
+    ds = build(name, "val", num_images=2, size=32)
+    assert ds.root is None and ds.split == "val"
+    sample = ds[1]
+    check_sample(ds, sample, (32, 32))
+    image, labels = make_scene(kind, 1_000_000 + 1, 32)  # val = seed 1
+    assert np.array_equal(sample.image, image) and np.array_equal(sample.labels, labels)
+    assert not np.array_equal(build(name, "train", num_images=1, size=32)[0].image, ds[0].image)
+    assert sample.name == f"{name}_val_00001" and ds[-1].name == sample.name
+    with pytest.raises(IndexError):
+        ds[2]
 
 
 # ------------------------------------------------------------------------------------ CWFID (real)
@@ -140,7 +169,7 @@ def test_cwfid_real_splits_warn_once(monkeypatch):
     train_names = {img.name for img, _ in train.pairs}
     assert "028_image.png" not in train_names and "028_image.png" in {img.name for img, _ in test.pairs}
     assert train.root.resolve() == CWFID_ROOT.resolve()
-    assert (train.class_names, train.palette) == dataset_info("cwfid")
+    assert info_of(train) == info_of(test) == dataset_info("cwfid")
 
 
 @pytest.mark.filterwarnings("ignore:.*listed in train and test")
@@ -399,7 +428,6 @@ def test_rumexweeds_prepare_cli_and_dataset(tmp_path):
     sample = ds[1]
     check_sample(ds, sample, RUMEX_SIZE)
     assert sample.name == "h_1" and np.array_equal(sample.labels, rumex_expected("z"))
-    assert (ds.class_names, ds.palette) == dataset_info("rumexweeds")
 
 
 def test_rumexweeds_prepare_options_and_errors(tmp_path, capsys):

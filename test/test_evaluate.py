@@ -22,7 +22,7 @@ from clustvit_core.visualize import cluster_map, cluster_overlay, colorize
 from conftest import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_SET = ["--set", "embed_dim=64", "depth=4", "num_heads=2", "img_size=64", "cluster_hidden=32", "ip=1"]
+TINY_SET = ["embed_dim=64", "depth=4", "num_heads=2", "img_size=64", "cluster_hidden=32", "ip=1"]
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -138,29 +138,29 @@ def test_evaluate_reports_every_metric_and_writes_figures(tiny, tmp_path):
     tiny.train()
     result = ev.evaluate(tiny, TinyDataset(3), flops_images=1, show=2, out_dir=tmp_path, batch_size=2, progress=False)
     assert tiny.training  # the caller's mode is restored
-    assert set(result) == KEYS
-    assert result["num_images"] == 3 and result["class_names"] == ["soil", "crop", "weed"]
-    assert 0 <= result["miou"] <= 1 and 0 <= result["pixel_accuracy"] <= 1
-    assert set(result["per_class"]["crop"]) == {"iou", "accuracy", "gt_pixels", "pred_pixels"}
-    conf = np.array(result["confusion_matrix"])
+    assert set(result.to_dict()) == KEYS | {"split", "data_root", "weights", "device", "torch_threads"}
+    assert result.num_images == 3 and result.class_names == ["soil", "crop", "weed"]
+    assert 0 <= result.miou <= 1 and 0 <= result.pixel_accuracy <= 1
+    assert set(vars(result.per_class["crop"])) == {"iou", "accuracy", "gt_pixels", "pred_pixels"}
+    conf = np.array(result.confusion_matrix)
     assert conf.shape == (3, 3) and conf.sum() == 3 * 80 * 96  # at label resolution, nothing ignored
-    assert set(result["size_recall"]["mean"]) == {"small", "medium", "large", "huge"}
-    tok = result["tokens"]
-    assert tok["full_mean"] == 16 and 1 <= tok["mean"] <= 16 and sum(tok["histogram"]["counts"]) == 3
-    assert len(tok["histogram"]["edges"]) == len(tok["histogram"]["counts"]) + 1
-    assert sum(row["images"] for row in result["classes_per_image"]) == 3
-    assert result["gflops"]["images"] == 1 and result["gflops"]["mean"] > 0
-    assert [r["gflops"] is not None for r in result["images"]] == [True, False, False]
+    assert set(result.size_recall["mean"]) == {"small", "medium", "large", "huge"}
+    tok = result.tokens
+    assert tok.full_mean == 16 and 1 <= tok.mean <= 16 and sum(tok.histogram["counts"]) == 3
+    assert len(tok.histogram["edges"]) == len(tok.histogram["counts"]) + 1
+    assert sum(row["images"] for row in result.classes_per_image) == 3
+    assert result.gflops.images == 1 and result.gflops.mean > 0
+    assert [r.gflops is not None for r in result.images] == [True, False, False]
     # tokens are the model's own count on the preprocessed image
     image, _ = SyntheticScenes("agri", 1, size=(80, 96))[0]
     with torch.inference_mode():
-        out = tiny.eval()(cc.predictor.preprocess(image, 64, tiny.config["mean"], tiny.config["std"]))
-    assert result["images"][0]["tokens"] == int(out.tokens[0])
+        out = tiny.eval()(cc.preprocess(image, 64, tiny.config.mean, tiny.config.std))
+    assert result.images[0].tokens == int(out.tokens[0])
     # figures and the report
-    assert [Path(f).name for f in result["figures"]] == ["example_000.png", "example_001.png"]
+    assert [Path(f).name for f in result.figures] == ["example_000.png", "example_001.png"]
     paths = ev.write_report(result, tmp_path)
     assert {p.name for p in paths} == {"metrics.json", "metrics.md", "token_histogram.png", "tokens_vs_classes.png"}
-    for p in paths + [Path(f) for f in result["figures"]]:
+    for p in paths + [Path(f) for f in result.figures]:
         assert p.stat().st_size > 0
     assert json.loads((tmp_path / "metrics.json").read_text())["num_images"] == 3  # strict JSON (no NaN)
     text = (tmp_path / "metrics.md").read_text()
@@ -170,10 +170,10 @@ def test_evaluate_reports_every_metric_and_writes_figures(tiny, tmp_path):
 def test_evaluate_accepts_tuples_limits_images_and_slides(tiny):
     scenes = SyntheticScenes("agri", 5, size=(64, 160))  # items are (image, labels) tuples, no names
     result = ev.evaluate(tiny, scenes, max_images=2, slide=True, size=64, flops_images=None, progress=False)
-    assert result["num_images"] == 2 and result["images"][0]["name"] == "00000"
-    assert result["input"] == {"mode": "slide", "size": 64, "stride": 42}
+    assert result.num_images == 2 and result.images[0].name == "00000"
+    assert vars(result.input) == {"mode": "slide", "size": 64, "stride": 42}
     # 64x160 fits (256, 64) as it is: windows at x = 0, 42, 84, 96 -> 4 x 16 unmerged tokens
-    assert result["tokens"]["full_mean"] == 64 and result["gflops"]["images"] == 2
+    assert result.tokens.full_mean == 64 and result.gflops.images == 2
 
 
 def test_evaluate_user_errors(tiny):

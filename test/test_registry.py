@@ -16,25 +16,25 @@ def test_registry_lists_dataset_models_and_baselines():
 @pytest.mark.parametrize("name", cc.list_models())
 def test_every_registered_model_builds_and_runs_tiny(name):
     cfg = cc.load_config(name)
-    assert cfg["num_classes"] == len(cfg["class_names"]) == len(cfg["palette"])
+    assert cfg.num_classes == len(cfg.class_names) == len(cfg.palette)
     overrides = dict(TINY_NET)
-    if cfg["ip"] is not None:
-        overrides["ip"] = min(cfg["ip"], 3)
+    if cfg.ip is not None:
+        overrides["ip"] = min(cfg.ip, 3)
     model = cc.build_model(name, **overrides).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 32, 32))
-    assert out.logits.shape == (2, cfg["num_classes"], 32, 32)
+    assert out.logits.shape == (2, cfg.num_classes, 32, 32)
     assert torch.isfinite(out.logits).all()
-    assert (out.cluster_ids is None) == (cfg["k"] is None)
-    if cfg["k"] is not None:
-        assert out.cluster_logits.shape == (2, 4, cfg["k"] + 1)
+    assert (out.cluster_ids is None) == (cfg.k is None)
+    if cfg.k is not None:
+        assert out.cluster_logits.shape == (2, 4, cfg.k + 1)
 
 
 def test_name_follows_k_and_ip():
     for name in cc.list_models():
         cfg = cc.load_config(name)
-        if cfg["k"] is not None:
-            assert f"_k{cfg['k']}_ip{cfg['ip']}" in name
+        if cfg.k is not None:
+            assert f"_k{cfg.k}_ip{cfg.ip}" in name
         else:
             assert name.endswith("_vit")
 
@@ -42,7 +42,7 @@ def test_name_follows_k_and_ip():
 def test_yaml_path_and_unknown_setting(tmp_path):
     good = tmp_path / "mine.yaml"
     good.write_text("num_classes: 2\nbackbone: tiny\nk: 2\nip: 1\n")
-    assert cc.load_config(good)["name"] == "mine"
+    assert cc.load_config(good).name == "mine"
     bad = tmp_path / "bad.yaml"
     bad.write_text("num_classes: 2\nbackbone: tiny\nlearning_rate: 3\n")
     with pytest.raises(cc.ConfigError, match=r"unknown setting\(s\) \['learning_rate'\]"):

@@ -45,7 +45,7 @@ def check_result(r: Segmentation, shape, num_classes=3, network=NETWORK):
 
 def test_demo_model_metadata(seg):
     assert seg.name == DEMO and seg.class_names == ["soil", "crop", "weed"] and seg.num_classes == 3
-    assert seg.k == 3 and seg.size == NETWORK and seg.device == torch.device("cpu") and seg.precision == "fp32"
+    assert seg.k == 3 and seg.size == (NETWORK, NETWORK) and seg.device == torch.device("cpu") and seg.precision == "fp32"
     assert seg.palette.shape == (3, 3) and seg.palette.dtype == np.uint8 and seg.label_dtype == np.uint8
 
 
@@ -101,7 +101,7 @@ def test_negative_keep_bias_merges_more(seg):
 
 def test_input_size_override_changes_the_network_size():
     small = Segmenter(DEMO, device="cpu", input_size=128)
-    assert small.size == 128
+    assert small.size == (128, 128)
     image, _ = make_scene("agri", 6, (90, 150))
     r = small(image, keep_bias=50.0)
     check_result(r, (90, 150), network=128)
@@ -128,7 +128,7 @@ def one_line(exc: BaseException) -> str:
     (dict(weights="/nonexistent/x.safetensors"), WeightsError, ["/nonexistent/x.safetensors"]),
     (dict(precision="fp16"), ConfigError, ["fp16", "CUDA"]),
     (dict(precision="fp8"), ConfigError, ["fp8", "fp32"]),
-    (dict(input_size=100), ConfigError, ["input_size=100", "multiple of 16"]),
+    (dict(input_size=100), ConfigError, ["input_size=100", "multiple of the model's patch size 16"]),
     (dict(input_size=8), ConfigError, ["input_size=8"]),
     (dict(device="tpu"), ConfigError, ["tpu"]),
     (dict(device="cuda:x"), ConfigError, ["cuda:x"]),

@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from clustvit_core.data.synthetic import CLASS_NAMES, PALETTES, SCENES, SyntheticScenes, colorize, make_scene
+from clustvit_core.data.synthetic import CLASS_NAMES, PALETTES, SCENES, SyntheticScenes, make_scene
+from clustvit_core.visualize import colorize
 
 BACKGROUND = {"agri": (0,), "underwater": (0, 1)}  # soil; water and sea floor
 NUM = 10
@@ -125,12 +126,16 @@ def test_image_edges_follow_label_edges(kind, scenes):
         assert grad[edge].mean() > 2.0 * grad[far].mean()
 
 
-def test_colorize():
+def test_palettes_colorize():
+    """Scene labels are coloured by the one `colorize` (clustvit_core.visualize) through PALETTES[kind]."""
+    assert sorted(PALETTES) == sorted(CLASS_NAMES) == sorted(SCENES)
+    assert all(len(PALETTES[kind]) == len(CLASS_NAMES[kind]) for kind in SCENES)
     labels = np.array([[0, 1], [2, 3]], np.uint8)
-    rgb = colorize(labels, "underwater")
+    rgb = colorize(labels, PALETTES["underwater"])
     assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
     assert [tuple(rgb.reshape(-1, 3)[i]) for i in range(4)] == [tuple(c) for c in PALETTES["underwater"]]
-    assert tuple(colorize(np.array([[3]], np.uint8), "agri")[0, 0]) == (0, 0, 0)  # outside the agri palette
+    outside = colorize(np.array([[3]], np.uint8), PALETTES["agri"], ignore_colour=(0, 0, 0))  # outside the agri palette
+    assert tuple(outside[0, 0]) == (0, 0, 0)
 
 
 def test_dataset():
@@ -168,8 +173,6 @@ def test_errors():
             make_scene("agri", seed)
     with pytest.raises(ValueError, match="num_images"):
         SyntheticScenes("agri", num_images=-1)
-    with pytest.raises(ValueError, match="colorize"):
-        colorize(np.zeros((2, 2), np.uint8), "forest")
 
 
 def test_fast_enough():

@@ -12,7 +12,7 @@ from clustvit_core.data.transforms import (
 )
 from clustvit_core.errors import ConfigError, InputError
 from clustvit_core.predictor import slide_logits
-from clustvit_core.preprocess import preprocess, rescale_shape
+from clustvit_core.preprocessing import preprocess, rescale_shape
 
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 PALETTE = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [220, 220, 40]], np.uint8)  # classes 0..3

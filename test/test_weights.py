@@ -20,7 +20,7 @@ def test_safetensors_round_trip_with_config(tmp_path):
     model = tiny_model()
     path = cc.save_checkpoint(tmp_path / "m.safetensors", model.state_dict(), config=model.config)
     assert not list(tmp_path.glob(".*tmp"))  # the temp file was renamed into place
-    assert cc.read_checkpoint_config(path)["k"] == 3
+    assert cc.read_checkpoint_config(path).k == 3
     loaded = cc.build_model("cwfid_k3_ip3", weights=path, **{**TINY, "ip": 1})
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from .base import FilePairDataset, check_label_values, list_images, require_dir
-from .labels import IGNORE, read_labels
+from .labels import read_labels
+from .sample import IGNORE_INDEX
 
 ENV_ROOT = "CLUSTVIT_ADE20K_ROOT"
 FOLDER = "ADEChallengeData2016"
@@ -59,8 +60,8 @@ PALETTE = np.array(_PALETTE_FLAT.split(), int).reshape(-1, 3).tolist()
 assert len(CLASS_NAMES) == len(PALETTE) == 150
 
 # annotation value -> class id: 0 (other) -> 255, k -> k - 1
-_LUT = np.concatenate([[IGNORE], np.arange(255)]).astype(np.uint8)
-_LUT[IGNORE] = IGNORE
+_LUT = np.concatenate([[IGNORE_INDEX], np.arange(255)]).astype(np.uint8)
+_LUT[IGNORE_INDEX] = IGNORE_INDEX
 
 
 class ADE20KDataset(FilePairDataset):

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from .labels import IGNORE, read_labels, read_rgb
+from .labels import read_labels, read_rgb
+from .sample import IGNORE_INDEX, Sample
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 _WARNED: set = set()  # keys of warn_once messages already given in this process
@@ -75,7 +76,7 @@ def check_same_size(image: np.ndarray, labels: np.ndarray, image_path, mask_path
         raise InputError(f"{mask_path}: mask is {mw}x{mh} (WxH) but its image {image_path} is {iw}x{ih}")
 
 
-def check_label_values(labels: np.ndarray, num_classes: int, path, ignore: int = IGNORE) -> None:
+def check_label_values(labels: np.ndarray, num_classes: int, path, ignore: int = IGNORE_INDEX) -> None:
     """An InputError naming `path` and the offending values if a label is >= num_classes and not `ignore`."""
     if labels.size == 0 or int(labels.max()) < num_classes:
         return
@@ -101,7 +102,7 @@ class FilePairDataset:
     palette: tuple = ()  # RGB per class, for visualisation
     mask_palette = None  # colour label files: RGB per class id (read_labels); None = single-channel ids
     SPLITS: dict = {"train": "train", "val": "val", "test": "test"}
-    ignore_index = IGNORE
+    ignore_index = IGNORE_INDEX
 
     def __init__(self, split: str = "train", root: str | Path | None = None):
         self.split = self.check_split(split)
@@ -150,8 +151,6 @@ class FilePairDataset:
         return len(self.pairs)
 
     def __getitem__(self, index: int):
-        from . import Sample  # lazily: the package defines Sample and imports this module's users
-
         index = operator.index(index)
         n = len(self.pairs)
         if not -n <= index < n:

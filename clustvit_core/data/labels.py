@@ -8,8 +8,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
-
-from . import IGNORE_INDEX as IGNORE
+from .sample import IGNORE_INDEX
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -35,7 +34,7 @@ def read_labels(path: str | Path, palette: list[list[int]] | None = None) -> np.
         raise InputError(f"{path}: colour label image but no palette to map colours to class ids")
     rgb = cv2.cvtColor(raw[..., :3], cv2.COLOR_BGR2RGB).astype(np.int32)
     code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-    labels = np.full(code.shape, IGNORE, np.uint8)
+    labels = np.full(code.shape, IGNORE_INDEX, np.uint8)
     for class_id, (r, g, b) in enumerate(palette):
         labels[code == ((r << 16) | (g << 8) | b)] = class_id
     return labels

@@ -1,8 +1,9 @@
 """The dataset registry: name -> builder, the one way the trainer, evaluator and tools open a dataset.
 
     build("suim", "val", root=None)           # root None: the dataset's environment variable
-    dataset_info("suim")                      # (class_names, palette) without touching any file
+    dataset_info("suim")                      # DatasetInfo: classes and colours, without touching any file
 
+The dataset is the one source of its class names and palette (a model config's `dataset:` names it).
 Every builder is called as builder(split, root, **kwargs) and returns a map-style dataset of
 `clustvit_core.data.Sample`s with `name`, `class_names`, `palette`, `num_classes`, `ignore_index`
 (255), `split` and `root`. Default folders: CLUSTVIT_CWFID_ROOT (else ../shared/data/cwfid),
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 import inspect
 import operator
+from dataclasses import dataclass
 
 from ..errors import ConfigError
 from . import synthetic
 from .ade20k import ADE20KDataset
 from .cwfid import CWFIDDataset
-from .labels import IGNORE
 from .rumexweeds import RumexWeedsDataset
+from .sample import IGNORE_INDEX, Sample
 from .suim import SUIMDataset
 
 
@@ -33,7 +35,7 @@ class SyntheticDataset:
     SPLITS = {"train": "train", "val": "val", "test": "test"}
     SEEDS = {"train": 0, "val": 1, "test": 2}
     DEFAULT_NUM_IMAGES = {"train": 200, "val": 50, "test": 50}
-    ignore_index = IGNORE
+    ignore_index = IGNORE_INDEX
     root = None
 
     def __init__(self, split: str = "train", root=None, num_images: int | None = None, size=512):
@@ -59,8 +61,6 @@ class SyntheticDataset:
         return len(self.scenes)
 
     def __getitem__(self, index: int):
-        from . import Sample
-
         index = operator.index(index)
         image, labels = self.scenes[index]
         return Sample(image=image, labels=labels, name=f"{self.name}_{self.split}_{index % max(len(self), 1):05d}")
@@ -83,8 +83,13 @@ DATASETS = {cls.name: cls for cls in (
     CWFIDDataset, SUIMDataset, RumexWeedsDataset, ADE20KDataset, SyntheticAgri, SyntheticUnderwater)}
 
 
+def dataset_names() -> list[str]:
+    """The registered dataset names, sorted."""
+    return sorted(DATASETS)
+
+
 def _builder(name: str):
-    if name not in DATASETS:
+    if not isinstance(name, str) or name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
     return DATASETS[name]
 
@@ -106,7 +111,21 @@ def build(name: str, split: str, root=None, **kwargs):
     return builder(split, root, **kwargs)
 
 
-def dataset_info(name: str) -> tuple[list[str], list[list[int]]]:
-    """(class_names, palette) of dataset `name`, from constants only (no file is read)."""
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know of its dataset: the registry name and, per class id, a name and an RGB colour."""
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]  # [num_classes]
+    palette: tuple[tuple[int, int, int], ...]  # [num_classes] RGB 0-255, for visualisation
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The DatasetInfo of dataset `name`, from its class attributes (no file is read, nothing is built).
+
+    Unknown names raise a one-line ConfigError listing the known ones.
+    """
     builder = _builder(name)
-    return list(builder.class_names), [list(c) for c in builder.palette]
+    palette = tuple(tuple(int(v) for v in c) for c in builder.palette)
+    return DatasetInfo(name, len(builder.class_names), tuple(builder.class_names), palette)

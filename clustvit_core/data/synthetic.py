@@ -32,7 +32,7 @@ from .base import parse_seed
 
 SCENES = ("agri", "underwater")
 CLASS_NAMES = {"agri": ["soil", "crop", "weed"], "underwater": ["water", "seafloor", "fish", "reef"]}
-# Colours for visualising label maps: RGB per class id.
+# Colours for visualising label maps (clustvit_core.visualize.colorize): RGB per class id.
 PALETTES = {
     "agri": [(125, 90, 60), (40, 200, 40), (235, 45, 45)],
     "underwater": [(30, 80, 160), (215, 195, 135), (255, 150, 0), (205, 50, 175)],
@@ -59,14 +59,6 @@ def make_scene(kind: str, seed: int, size: int | tuple[int, int] = 512) -> tuple
     h, w = _parse_size(size)
     rng = np.random.default_rng(np.random.SeedSequence([parse_seed(seed, 'make_scene'), SCENES.index(kind)]))
     return _agri(rng, h, w) if kind == "agri" else _underwater(rng, h, w)
-
-
-def colorize(labels: np.ndarray, kind: str) -> np.ndarray:
-    """Label map [H, W] -> RGB uint8 [H, W, 3] coloured with PALETTES[kind] (other ids are black)."""
-    _check_kind(kind, "colorize")
-    lut = np.zeros((256, 3), np.uint8)
-    lut[: len(PALETTES[kind])] = PALETTES[kind]
-    return lut[np.asarray(labels, dtype=np.uint8)]
 
 
 class SyntheticScenes:

@@ -21,18 +21,17 @@ global RNG is read or changed, and threads, workers or the order of calls make n
 """
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import ConfigError, InputError
+from ..preprocessing import preprocess, rescale_shape
 from .base import parse_seed
-from ..preprocess import preprocess, rescale_shape
+from .sample import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 CROP_TRIES = 10  # mmseg RandomCrop: re-draw the crop up to 10 times to satisfy cat_max_ratio
 # mmseg PhotoMetricDistortion defaults
 BRIGHTNESS_DELTA = 32
@@ -223,4 +222,4 @@ class EvalTransform:
         return preprocess(image, self.size, self.mean, self.std)[0]
 
 
-__all__ = ["TrainTransform", "EvalTransform", "crop_box", "photometric_distortion", "IGNORE_INDEX"]
+__all__ = ["TrainTransform", "EvalTransform", "crop_box", "photometric_distortion"]
