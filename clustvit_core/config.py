@@ -28,6 +28,7 @@ BACKBONES = {
     "large": (1024, 24, 16, 4128, (7, 11, 15, 23)),
 }
 HEADS = ("segmenter", "uper")
+EMPTY_CLUSTERS = ("drop", "zeros")  # see ModelConfig
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class ModelConfig:
     Architecture: backbone (tiny/small/base/large presets; embed_dim, depth, num_heads override them),
     patch_size, img_size (training size, int or [h, w]), k (clusters; None = plain ViT), ip (injection
     point: first block on the reduced sequence; None with k None), cluster_hidden (Cluster MLP width),
+    empty_clusters ("drop": an empty cluster leaves the sequence, ours; "zeros": every image keeps k
+    cluster tokens, an empty one as a zero token others attend to, and a batch whose tokens all carry
+    one id is not merged at all: the ClustViT authors' forward, the default of converted checkpoints),
     head (segmenter | uper), head_layers, uper_indices, uper_channels, drop_path_rate.
     Classes: num_classes, class_names, palette (RGB per class).
     Input: mean, std (RGB, 0-255 scale).
@@ -93,6 +97,7 @@ class ModelConfig:
     k: int | None = None
     ip: int | None = None
     cluster_hidden: int | None = None
+    empty_clusters: str = "drop"
     head: str = "segmenter"
     head_layers: int = 2
     uper_indices: tuple[int, ...] | None = None
@@ -147,6 +152,8 @@ class ModelConfig:
                 raise ConfigError(f"{where}: k={self.k!r}; use k >= 1 clusters, or k=None and ip=None for a plain ViT")
             if not _is_int(self.ip) or not 0 <= self.ip < self.depth:
                 raise ConfigError(f"{where}: ip={self.ip!r}: the injection point must be a block index in 0..{self.depth - 1} (depth={self.depth})")
+        if self.empty_clusters not in EMPTY_CLUSTERS:
+            raise ConfigError(f"{where}: empty_clusters={self.empty_clusters!r}; choose one of {', '.join(EMPTY_CLUSTERS)}")
         if self.head not in HEADS:
             raise ConfigError(f"{where}: head={self.head!r}; choose one of {', '.join(HEADS)}")
         if self.uper_indices is not None:

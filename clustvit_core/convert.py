@@ -48,7 +48,7 @@ from .errors import WeightsError, cli_errors
 from .heads import SegmenterHead, UPerHead
 from .model import ClustViT
 from .registry import build_model, parse_overrides
-from .weights import is_timm_vit, read_state_dict, resize_pos_embed, save_checkpoint
+from .weights import is_timm_vit, read_torch_checkpoint, resize_pos_embed, save_checkpoint
 
 PROG = "clustvit_core.convert"
 
@@ -294,6 +294,28 @@ def _convert(state_dict: dict[str, Tensor], model: ClustViT) -> tuple[dict[str, 
     return out, report
 
 
+CLUSTER_OUT = "backbone.clusterer.net.2.weight"  # the authors' Cluster MLP output layer: [k + 1, hidden]
+
+
+def check_structure(state_dict: dict[str, Tensor], meta: dict, model: ClustViT) -> None:
+    """Refuse, in one line, a model whose k or head count disagrees with what the checkpoint says.
+
+    k is read from the Cluster MLP's output width (k + 1). The number of attention heads leaves no
+    trace in the tensor shapes; it is compared where the mmengine `meta` carries the training config
+    text (`num_heads=N` of the backbone), and cannot be checked otherwise.
+    """
+    cfg = model.config
+    out = state_dict.get(CLUSTER_OUT, state_dict.get(f"module.{CLUSTER_OUT}"))
+    if out is not None and cfg.k is not None and out.shape[0] - 1 != cfg.k:
+        raise WeightsError(f"the checkpoint clusters into k={out.shape[0] - 1} (its cluster MLP has {out.shape[0]} outputs) "
+                           f"but model {cfg.name!r} has k={cfg.k}: pick the matching --model or pass k={out.shape[0] - 1}")
+    text = meta.get("cfg") if isinstance(meta, dict) else None
+    found = re.search(r"backbone\s*=\s*dict\((?:[^()]|\([^()]*\))*?num_heads\s*=\s*(\d+)", text, re.S) if isinstance(text, str) else None
+    if found and int(found.group(1)) != cfg.num_heads:
+        raise WeightsError(f"the checkpoint's training config has num_heads={found.group(1)} but model {cfg.name!r} has "
+                           f"num_heads={cfg.num_heads}: pass num_heads={found.group(1)}")
+
+
 def convert_mmseg_state_dict(state_dict: dict[str, Tensor], model: ClustViT) -> dict[str, Tensor]:
     """mmsegmentation ViT/ClustViT state dict (prefixes `backbone.`, `decode_head.`) -> `model`'s keys.
 
@@ -317,12 +339,12 @@ def _one_line(text: str) -> str:
     return " ".join(_ANSI.sub("", text).split())
 
 
-def _read_input(path: Path) -> dict[str, Tensor]:
-    """`read_state_dict`, with a clearer one-line message for mmseg files that weights_only loading refuses."""
+def _read_input(path: Path) -> tuple[dict[str, Tensor], dict]:
+    """`read_torch_checkpoint`, with a clearer one-line message for mmseg files that weights_only loading refuses."""
     if not path.is_file():
         raise WeightsError(f"input checkpoint {path} not found: check the path")
     try:
-        return read_state_dict(path)
+        return read_torch_checkpoint(path)
     except WeightsError as exc:
         cause = exc.__context__  # the torch.load error that read_state_dict condensed
         if cause is None or "weights only load failed" not in str(cause).lower():
@@ -350,8 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
             "example:\n"
             "  python -m clustvit_core.convert iter_80000.pth weights/rumexweeds_k3_ip4.safetensors \\\n"
             "      --model rumexweeds_k3_ip4\n"
-            "  python -m clustvit_core.convert upernet.pth out.safetensors --model rumexweeds_k3_ip4_uper \\\n"
-            "      uper_channels=768 ip=3\n\n"
+            "  python -m clustvit_core.convert upernet.pth out.safetensors --model rumexweeds_k3_ip3_uper\n"
+            "  python -m clustvit_core.convert mine.pth out.safetensors --model suim_k3_ip3 empty_clusters=drop\n\n"
+            "Registry entries carry the authors' settings (k, ip, cluster MLP 3096 for ViT-B, UPerNet 768), so their\n"
+            "released checkpoints need no overrides. k is read from the checkpoint and a mismatch refused; num_heads\n"
+            "only where the file's mmengine meta holds the training config. Converted files run the authors'\n"
+            "merge (empty_clusters=zeros: k cluster tokens always, empty ones as zeros) unless told otherwise.\n"
             "Overrides use the registry's setting names (see config/models/*.yaml); values are YAML\n"
             "(num_classes=3, backbone=tiny, k=null). A shape mismatch names the key and the setting to check."
         ),
@@ -369,8 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     with cli_errors(PROG):
         overrides = parse_overrides(args.overrides)
         overrides.pop("weights", None)
+        overrides.setdefault("empty_clusters", "zeros")  # reproduce the authors' forward unless told otherwise
         model = build_model(args.model, **overrides)
-        state_dict = _read_input(args.input)
+        state_dict, meta = _read_input(args.input)
+        check_structure(state_dict, meta, model)
         converted, report = _convert(state_dict, model)
         try:
             model.load_state_dict(converted, strict=True)

@@ -28,8 +28,8 @@ class MergePlan(NamedTuple):
     cluster_ids: Tensor  # [B, N] long, 0 = kept, 1..k = cluster
     slots: Tensor  # [B, L] long, source slot of each position of the reduced sequence
     valid: Tensor  # [B, L] bool, False on padding
-    counts: Tensor  # [B, k] long, members per cluster (0 = empty cluster, dropped from the sequence)
-    tokens: Tensor  # [B] long, reduced sequence length per image = kept + non-empty clusters
+    counts: Tensor  # [B, k] long, members per cluster (0 = empty cluster: dropped, or a zero token with keep_empty)
+    tokens: Tensor  # [B] long, reduced sequence length per image = kept + non-empty clusters (+ empty ones with keep_empty)
     k: int
     padded: bool  # some image is shorter than L, so attention needs a key mask
 
@@ -50,12 +50,15 @@ def assign_clusters(cluster_logits: Tensor, keep_bias: float = 0.0) -> Tensor:
     return cluster_logits.argmax(dim=-1)
 
 
-def plan_merge(cluster_ids: Tensor, k: int) -> MergePlan:
+def plan_merge(cluster_ids: Tensor, k: int, keep_empty: bool = False) -> MergePlan:
     """Plan the reduced sequence of every image.
 
     Args:
         cluster_ids: [B, N] long in 0..k.
         k: number of clusters.
+        keep_empty: False (ours): empty clusters are dropped from the sequence. True (the ClustViT
+            authors' forward): every image gets all k cluster tokens, an empty one as a zero vector
+            that the other tokens still attend to.
     Returns:
         MergePlan. Its length L = max tokens over the batch is read on the host once (the sequence
         length decides tensor shapes, so this is the one unavoidable device sync).
@@ -64,7 +67,7 @@ def plan_merge(cluster_ids: Tensor, k: int) -> MergePlan:
     ones = torch.ones_like(cluster_ids)
     counts = torch.zeros(B, k + 1, dtype=torch.long, device=cluster_ids.device).scatter_add_(1, cluster_ids, ones)
     counts = counts[:, 1:]
-    present = torch.cat([cluster_ids == 0, counts > 0], dim=1)  # [B, N + k]
+    present = torch.cat([cluster_ids == 0, (counts > 0) | keep_empty], dim=1)  # [B, N + k]
     tokens = present.sum(dim=1)
     shortest, length = (int(v) for v in torch.aminmax(tokens))
     # A stable sort of "absent" flags lists the present slots first, each group in slot order.

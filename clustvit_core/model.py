@@ -10,7 +10,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
@@ -20,6 +20,31 @@ from .errors import ConfigError, InputError
 from .heads import SegmenterHead, UPerHead, init_linear_layers
 
 SPLIT_MIN_TOKENS = 128  # see ClustViTBackbone.split_batches
+
+
+def resample_pos_embed(pos_embed: Tensor, grid: tuple[int, int], old_grid: tuple[int, int], num_prefix_tokens: int = 1) -> Tensor:
+    """Position embeddings of one grid resampled to another: the one kernel of this package.
+
+    Plain bicubic interpolation (align_corners=False, no antialiasing), as mmsegmentation's
+    `VisionTransformer.resize_pos_embed` does, so that converted mmseg checkpoints give mmseg's outputs
+    at any input size; our own checkpoints use the same kernel. (timm's `resample_abs_pos_embed`
+    antialiases by default, which differs even when upsampling.)
+
+    Args:
+        pos_embed: [1, P + h0*w0, D], the P prefix tokens (CLS) first, then the grid in raster order.
+        grid: (h, w) target grid; old_grid: (h0, w0).
+    Returns:
+        [1, P + h*w, D] in the input's dtype.
+    """
+    grid, old_grid = tuple(int(v) for v in grid), tuple(int(v) for v in old_grid)
+    if grid == old_grid:
+        return pos_embed
+    prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    D = pos_embed.shape[-1]
+    maps = patches.float().reshape(1, old_grid[0], old_grid[1], D).permute(0, 3, 1, 2)
+    maps = F.interpolate(maps, size=grid, mode="bicubic", align_corners=False, antialias=False)
+    patches = maps.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], D).to(pos_embed.dtype)
+    return torch.cat([prefix, patches], dim=1)
 
 
 @dataclass
@@ -106,6 +131,7 @@ class ClustViTBackbone(nn.Module):
         k: int | None = 3,
         ip: int | None = 3,
         cluster_hidden: int | None = None,
+        empty_clusters: str = "drop",
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
@@ -121,6 +147,7 @@ class ClustViTBackbone(nn.Module):
         self.embed_dim = embed_dim
         self.depth = depth
         self.k, self.ip = k, ip
+        self.empty_clusters = empty_clusters  # "drop" | "zeros", see config.ModelConfig
         self.batch_mode = "auto"  # see split_batches
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
         self.grid = self.patch_embed.grid_size
@@ -147,10 +174,10 @@ class ClustViTBackbone(nn.Module):
         init_linear_layers(self)
 
     def position_embedding(self, grid: tuple[int, int]) -> Tensor:
-        """[1, 1 + h*w, D], resampled (bicubic) when the input grid differs from the trained one."""
+        """[1, 1 + h*w, D], resampled (`resample_pos_embed`) when the input grid differs from the trained one."""
         if tuple(grid) == tuple(self.grid):
             return self.pos_embed
-        return resample_abs_pos_embed(self.pos_embed, list(grid), list(self.grid), num_prefix_tokens=1)
+        return resample_pos_embed(self.pos_embed, grid, self.grid)
 
     def forward(self, images: Tensor, out_indices: tuple[int, ...], cluster_ids: Tensor | None = None, keep_bias: float = 0.0) -> BackboneOutput:
         """images [B, C, H, W] with H, W multiples of the patch size -> features after `out_indices` blocks."""
@@ -171,13 +198,17 @@ class ClustViTBackbone(nn.Module):
             ids = assign_clusters(logits.detach(), keep_bias)
         else:
             ids = check_cluster_ids(cluster_ids, B, h, w, self.k).to(images.device)
-        plan = plan_merge(ids, self.k)
+        keep_empty = self.empty_clusters == "zeros"
+        if keep_empty and bool((ids == ids.view(-1)[0]).all()):
+            ids = torch.zeros_like(ids)  # the authors' forward merges nothing when the batch holds a single id
+            keep_empty = False
+        plan = plan_merge(ids, self.k, keep_empty)
         later = tuple(i for i in out_indices if i >= self.ip)
         if plan.padded and self.split_batches(images, plan):
             # Image by image: each reduced sequence is a prefix of its padded row (see MergePlan).
             parts = []
             for b in range(B):
-                plan_b = plan_merge(ids[b : b + 1], self.k)
+                plan_b = plan_merge(ids[b : b + 1], self.k, keep_empty)
                 x_b = torch.cat([x[b : b + 1, :1], merge_tokens(x_ip[b : b + 1], plan_b)], dim=1)
                 parts.append(self._run_blocks(x_b, self.ip, plan_b, x_ip[b : b + 1], later))
             features.update({i: torch.cat([p[i] for p in parts]) for i in later})
@@ -247,7 +278,7 @@ class ClustViT(nn.Module):
         self.backbone = ClustViTBackbone(
             img_size=config.data.input_size, patch_size=config.patch_size, embed_dim=dim, depth=depth,
             num_heads=config.num_heads, k=config.k, ip=config.ip, cluster_hidden=config.cluster_hidden,
-            drop_path_rate=config.drop_path_rate,
+            empty_clusters=config.empty_clusters, drop_path_rate=config.drop_path_rate,
         )
         if config.head == "segmenter":
             self.out_indices = (depth - 1,)

@@ -16,7 +16,7 @@ from .errors import ConfigError, WeightsError
 from .config import ModelConfig, field_names
 from .data.registry import dataset_info
 from .model import ClustViT
-from .weights import load_weights
+from .weights import load_weights, read_checkpoint_metadata
 
 ENV_CONFIG_DIR = "CLUSTVIT_CONFIG_DIR"
 ENV_WEIGHTS_DIRS = "CLUSTVIT_WEIGHTS"
@@ -151,16 +151,31 @@ def build_model(name_or_config: str | os.PathLike | dict | ModelConfig, weights:
     Args:
         name_or_config: registry name, path to a YAML file, a config dict or a `ModelConfig`.
         weights: None (random initialization), a path to a .safetensors checkpoint, or "default"
-            for the file the registry entry names (see `default_weights`).
+            for the file the registry entry names (see `default_weights`). The file's stored
+            `empty_clusters` mode applies unless overridden (converted authors' checkpoints: "zeros").
         overrides: config keys, e.g. backbone="tiny", img_size=256, num_classes=3, k=2, ip=4, head="uper".
     Returns:
         the model in eval mode; `model.config` is its `ModelConfig`.
     """
-    model = ClustViT(load_config(name_or_config, **overrides))
+    cfg = load_config(name_or_config, **overrides)
+    path = None
     if weights is not None:
-        path = default_weights(model.config) if str(weights) == "default" else Path(weights)
+        path = default_weights(cfg) if str(weights) == "default" else Path(weights)
+        stored = stored_empty_clusters(path)
+        if stored and "empty_clusters" not in overrides and stored != cfg.empty_clusters:
+            cfg = cfg.replace(empty_clusters=stored)  # how the weights were made to run (converted authors' files: zeros)
+    model = ClustViT(cfg)
+    if path is not None:
         load_weights(model, path)
     return model.eval()
+
+
+def stored_empty_clusters(path: Path) -> str | None:
+    """The `empty_clusters` mode stored with a .safetensors checkpoint (None for other files or none stored)."""
+    if Path(path).suffix != ".safetensors" or not Path(path).is_file():
+        return None
+    stored = read_checkpoint_metadata(path)["config"] or {}
+    return stored.get("empty_clusters")
 
 
 def weights_search_path() -> list[Path]:

@@ -13,17 +13,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
 from .config import ModelConfig
 from .errors import ConfigError, WeightsError
+from .model import resample_pos_embed
 
 CONFIG_KEY = "clustvit_config"
 EXTRA_KEY = "clustvit_extra"
@@ -46,10 +46,10 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, Tensor], conf
         metadata[CONFIG_KEY] = json.dumps(config, sort_keys=True)
     if extra is not None:
         metadata[EXTRA_KEY] = json.dumps(extra, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         save_file(tensors, tmp, metadata=metadata or None)
+        os.chmod(tmp, 0o666 & ~_umask())  # save_file (like mkstemp) makes 0600: unreadable to a robot's service account
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -57,6 +57,12 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, Tensor], conf
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def read_checkpoint_metadata(path: str | os.PathLike) -> dict:
@@ -133,10 +139,16 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights file") -> dict
 
     Wrapped dicts ({'state_dict': ...}, {'model': ...}) are unwrapped. `what` names the file in errors.
     """
+    return read_torch_checkpoint(path, what)[0]
+
+
+def read_torch_checkpoint(path: str | os.PathLike, what: str = "weights file") -> tuple[dict[str, Tensor], dict]:
+    """(state dict, meta) of a checkpoint file; meta is an mmengine/mmseg checkpoint's `meta` dict
+    (e.g. its `cfg` text) where the file has one that loads without unpickling objects, else {}."""
     path = _existing(path, what)
     if path.suffix == ".safetensors":
         try:
-            return load_file(str(path))
+            return load_file(str(path)), {}
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"{path}: not a readable safetensors file ({exc}); re-export or re-download it") from None
     try:
@@ -147,13 +159,14 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights file") -> dict
             f"{path}: cannot be read as a tensors-only PyTorch checkpoint ({first}); "
             "convert it to .safetensors in a trusted environment"
         ) from None
+    meta = obj.get("meta") if isinstance(obj, dict) and isinstance(obj.get("meta"), dict) else {}
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: holds no state dict of tensors")
-    return obj
+    return obj, meta
 
 
 def _existing(path: str | os.PathLike, what: str = "weights file") -> Path:
@@ -164,14 +177,16 @@ def _existing(path: str | os.PathLike, what: str = "weights file") -> Path:
 
 
 def resize_pos_embed(pos_embed: Tensor, grid: tuple[int, int], num_prefix_tokens: int = 1) -> Tensor:
-    """[1, P + h0*w0, D] -> [1, P + h*w, D] by bicubic resampling; the old grid must be square."""
+    """[1, P + h0*w0, D] -> [1, P + h*w, D] (`model.resample_pos_embed`); the stored grid must be square."""
     n_old = pos_embed.shape[1] - num_prefix_tokens
+    if n_old == grid[0] * grid[1]:  # the stored grid is the target grid (also when not square)
+        return pos_embed
     side = math.isqrt(n_old)
     if side * side != n_old:
         raise WeightsError(f"pos_embed with {n_old} patch positions is not a square grid; cannot resize it to {grid}")
     if (side, side) == tuple(grid):
         return pos_embed
-    return resample_abs_pos_embed(pos_embed, list(grid), [side, side], num_prefix_tokens=num_prefix_tokens)
+    return resample_pos_embed(pos_embed, grid, (side, side), num_prefix_tokens)
 
 
 def is_timm_vit(state_dict: dict[str, Tensor]) -> bool:

@@ -132,7 +132,7 @@ def load_converted(model, sd):
     [
         ("cwfid_k3_ip3", True, "segmenter", {}),
         ("cwfid_vit", False, "segmenter", {}),
-        ("rumexweeds_k3_ip4_uper", True, "uper", {"ip": 2, "uper_channels": 16}),
+        ("rumexweeds_k3_ip3_uper", True, "uper", {"ip": 2, "uper_channels": 16}),
         ("rumexweeds_vit", False, "uper", {"head": "uper", "uper_channels": 16}),
     ],
 )
@@ -190,7 +190,7 @@ def test_values_land_in_the_right_place():
 
 
 def test_uper_values_land_in_the_right_place():
-    model = tiny("rumexweeds_k3_ip4_uper", ip=2, uper_channels=16)
+    model = tiny("rumexweeds_k3_ip3_uper", ip=2, uper_channels=16)
     sd = mmseg_state_dict(head="uper")
     load_converted(model, sd)
     state = model.state_dict()
@@ -274,13 +274,24 @@ def test_cluster_module_and_regenerator_match_authors():
     torch.testing.assert_close(model.backbone.regenerator.reference(x, rep), expand(torch.cat([x, rep], -1)), atol=1e-6, rtol=0)
 
 
+def mmseg_pos_embed(pos_embed, h, w):
+    """mmseg's VisionTransformer.resize_pos_embed: plain bicubic F.interpolate of the square grid."""
+    side = int((pos_embed.shape[1] - 1) ** 0.5)
+    if (side, side) == (h, w):
+        return pos_embed
+    grid = pos_embed[:, 1:].reshape(1, side, side, D).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False, antialias=False)
+    return torch.cat([pos_embed[:, :1], grid.flatten(2).transpose(1, 2)], 1)
+
+
 def mmseg_segmenter_forward(images, sd, num_classes, cluster_ids=None, ip=None, k=3):
-    """Reference forward of the authors' model (batch of one when clustering), from the mmseg tensors."""
+    """Reference forward of the authors' model (batch of one when clustering), from the mmseg tensors.
+    As the authors' `_reduce_tokens`: all k cluster tokens are appended, an empty cluster as zeros."""
     B, _, H, W = images.shape
     h, w = H // 16, W // 16
     x = F.conv2d(images, sd["backbone.patch_embed.projection.weight"], sd.get("backbone.patch_embed.projection.bias"), stride=16)
     x = x.flatten(2).transpose(1, 2)
-    x = torch.cat([sd["backbone.cls_token"].expand(B, -1, -1), x], 1) + sd["backbone.pos_embed"]
+    x = torch.cat([sd["backbone.cls_token"].expand(B, -1, -1), x], 1) + mmseg_pos_embed(sd["backbone.pos_embed"], h, w)
     orig, kept_n, logits = None, None, None
     for i in range(DEPTH):
         if i == ip:  # the authors' _reduce_tokens with given ids, every cluster non-empty, B == 1
@@ -289,14 +300,14 @@ def mmseg_segmenter_forward(images, sd, num_classes, cluster_ids=None, ip=None, 
                               sd["backbone.clusterer.net.2.weight"], sd["backbone.clusterer.net.2.bias"])
             ids = cluster_ids.reshape(-1)
             kept = orig[0, ids == 0]
-            means = torch.stack([orig[0, ids == j].mean(0) for j in range(1, k + 1)])
+            means = torch.stack([orig[0, ids == j].mean(0) if (ids == j).any() else torch.zeros(D) for j in range(1, k + 1)])
             kept_n = kept.shape[0]
             x = torch.cat([x[:, :1], kept[None], means[None]], 1)
         x = mmseg_layer_forward(x, sd, f"backbone.layers.{i}", BACKBONE_EPS)
     if orig is not None:  # the authors' _expand_tokens
         ids = cluster_ids.reshape(-1)
         reps = x[0, 1 + kept_n:]
-        full = torch.zeros(h * w, D)
+        full = torch.zeros(h * w, D, dtype=x.dtype)
         full[ids == 0] = x[0, 1:1 + kept_n]
         member = ids != 0
         mlp_in = torch.cat([orig[0, member], reps[ids[member] - 1]], -1)
@@ -364,7 +375,7 @@ def test_wrong_k_and_cluster_hidden_name_the_setting():
     with pytest.raises(WeightsError, match="cluster_hidden"):
         convert_mmseg_state_dict(mmseg_state_dict(), tiny(cluster_hidden=48))
     with pytest.raises(WeightsError, match="uper_channels"):
-        convert_mmseg_state_dict(mmseg_state_dict(head="uper", uper_channels=24), tiny("rumexweeds_k3_ip4_uper", ip=2, uper_channels=16))
+        convert_mmseg_state_dict(mmseg_state_dict(head="uper", uper_channels=24), tiny("rumexweeds_k3_ip3_uper", ip=2, uper_channels=16))
 
 
 @pytest.mark.parametrize(
@@ -451,10 +462,10 @@ def test_cli_overrides_before_model_and_uper(tmp_path, capsys):
     src = tmp_path / "uper.pth"
     torch.save({"state_dict": mmseg_state_dict(head="uper", num_classes=3)}, src)
     out = tmp_path / "uper.safetensors"
-    code, stdout, stderr = run_main(capsys, src, out, *TINY_ARGS, "ip=2", "uper_channels=16", "--model", "rumexweeds_k3_ip4_uper")
+    code, stdout, stderr = run_main(capsys, src, out, *TINY_ARGS, "ip=2", "uper_channels=16", "--model", "rumexweeds_k3_ip3_uper")
     assert code == 0, stderr
     assert "mmseg ClustViT + UPerNet" in stdout and "dropped 3" in stdout
-    clustvit_core.build_model("rumexweeds_k3_ip4_uper", weights=out, **TINY, ip=2, uper_channels=16)
+    clustvit_core.build_model("rumexweeds_k3_ip3_uper", weights=out, **TINY, ip=2, uper_channels=16)
 
 
 def test_cli_bare_state_dict(tmp_path, capsys):

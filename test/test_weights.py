@@ -3,7 +3,7 @@ import pickle
 import pytest
 import timm
 import torch
-from timm.layers import resample_abs_pos_embed
+from clustvit_core.model import resample_pos_embed
 
 import clustvit_core as cc
 from conftest import TINY, tiny_model
@@ -36,7 +36,7 @@ def test_timm_checkpoint_loads_with_pos_embed_interpolation(tmp_path):
     # timm's own model at 64x64 with the same resampling must give the same features on the kept path
     ref = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=64, embed_dim=64, depth=4, num_heads=2, num_classes=10).eval()
     sd = dict(timm_vit.state_dict())
-    sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], [4, 4], [2, 2], num_prefix_tokens=1)
+    sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], (4, 4), (2, 2))
     ref.load_state_dict(sd)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
