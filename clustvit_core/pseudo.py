@@ -8,7 +8,7 @@ from torch import Tensor
 from .data.sample import IGNORE_INDEX
 
 
-def pseudo_clusters(labels: Tensor, k: int, patch: int = 16, ignore_index: int = IGNORE_INDEX) -> Tensor:
+def pseudo_clusters(labels: Tensor, k: int, patch: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Cluster targets from a label mask (after augmentation/resizing).
 
     A patch is *pure* when all its pixels carry one class (patches touching `ignore_index` are not

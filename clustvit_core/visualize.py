@@ -45,12 +45,13 @@ def colorize(labels, palette: Sequence[Sequence[int]], ignore_colour=IGNORE_COLO
 
 
 def upsample_ids(cluster_ids, out_shape: tuple[int, int], input_shape: tuple[int, int] | None = None,
-                 patch: int = 16) -> np.ndarray:
+                 patch: int | None = None) -> np.ndarray:
     """Patch-grid ids [h, w] -> per-pixel ids [H, W] = out_shape (nearest, no blending).
 
     `input_shape` is the (height, width) of the network input the ids were computed on. The grid
-    covers that input padded to multiples of `patch`; the padding is cut off before scaling to
-    `out_shape`. Without it, the grid is taken to cover exactly the image.
+    covers that input padded to multiples of `patch` (the model's patch size, needed with
+    `input_shape`); the padding is cut off before scaling to `out_shape`. Without it, the grid is
+    taken to cover exactly the image.
     """
     ids = _numpy(cluster_ids)
     if ids.ndim == 3 and ids.shape[0] == 1:
@@ -59,6 +60,8 @@ def upsample_ids(cluster_ids, out_shape: tuple[int, int], input_shape: tuple[int
         raise ValueError(f"cluster ids must be [h, w] (one image), got shape {ids.shape}")
     ids = ids.astype(np.uint8) if ids.max(initial=0) < 256 else ids.astype(np.int32)
     if input_shape is not None:
+        if not patch:
+            raise ValueError("upsample_ids: input_shape needs patch, the model's patch size (model.config.patch_size)")
         ids = np.repeat(np.repeat(ids, patch, axis=0), patch, axis=1)[: input_shape[0], : input_shape[1]]
     H, W = out_shape
     if ids.shape == (H, W):
@@ -67,7 +70,7 @@ def upsample_ids(cluster_ids, out_shape: tuple[int, int], input_shape: tuple[int
 
 
 def cluster_map(cluster_ids, out_shape: tuple[int, int], k: int | None = None,
-                input_shape: tuple[int, int] | None = None, patch: int = 16) -> np.ndarray:
+                input_shape: tuple[int, int] | None = None, patch: int | None = None) -> np.ndarray:
     """RGB uint8 [H, W, 3] picture of a cluster assignment: kept tokens black, one colour per cluster.
 
     Args:
@@ -83,7 +86,7 @@ def cluster_map(cluster_ids, out_shape: tuple[int, int], k: int | None = None,
 
 
 def cluster_overlay(image: np.ndarray, cluster_ids, alpha: float = 0.5, k: int | None = None,
-                    input_shape: tuple[int, int] | None = None, patch: int = 16) -> np.ndarray:
+                    input_shape: tuple[int, int] | None = None, patch: int | None = None) -> np.ndarray:
     """The image with each cluster's pixels tinted in its colour; kept-token pixels untouched.
 
     Args:
@@ -125,7 +128,7 @@ def _save(fig, path: str | Path) -> Path:
 def save_example_figure(path: str | Path, image: np.ndarray, labels, prediction, palette, *,
                         pseudo_ids=None, predicted_ids=None, k: int | None = None,
                         input_shape: tuple[int, int] | None = None, class_names: Sequence[str] | None = None,
-                        title: str | None = None, tokens: int | None = None, patch: int = 16) -> Path:
+                        title: str | None = None, tokens: int | None = None, patch: int | None = None) -> Path:
     """One row like the ClustViT paper's Fig. 2: input | ground truth | prediction | pseudo-clusters |
     predicted clusters (the cluster panels are left out when their ids are None, e.g. a plain ViT).
 

@@ -29,14 +29,14 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from clustvit_core.errors import InputError
+from clustvit_ros import images
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
-ENCODINGS = ("rgb8", "bgr8")  # what write_image_bag writes for colour images
+COLOR_ENCODINGS = ("rgb8", "bgr8")  # what write_image_bag writes for colour images
 COMPRESSIONS = {"png": ".png", "jpeg": ".jpg"}
-CHANNELS = {"mono8": 1, "rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4}  # raw encodings decode_image reads
 BAG_VERSION = 9  # rosbag2 metadata version written (Jazzy and later read it)
 
 
@@ -85,7 +85,7 @@ def write_image_bag(path: str | Path, frames: Iterable[tuple[np.ndarray, np.ndar
     """
     path = Path(path)
     _check_choice("storage", storage, STORAGES)
-    _check_choice("encoding", encoding, ENCODINGS)
+    _check_choice("encoding", encoding, COLOR_ENCODINGS)
     if compressed is not None:
         _check_choice("compressed", compressed, COMPRESSIONS)
     if not rate > 0:
@@ -134,7 +134,7 @@ def image_message(pixels: np.ndarray, stamp_ns: int, frame_id: str, encoding: st
         data = pixels[..., ::-1] if encoding == "bgr8" else pixels
     types = typestore().types
     return types[IMAGE_TYPE](header=_header(stamp_ns, frame_id), height=h, width=w, encoding=encoding,
-                             is_bigendian=0, step=w * CHANNELS[encoding],
+                             is_bigendian=0, step=w * images.ENCODINGS[encoding].pixel_bytes,
                              data=np.ascontiguousarray(data, dtype=np.uint8).reshape(-1))
 
 
@@ -235,7 +235,7 @@ def _messages(path: Path, topics: dict[str, str]) -> Iterator[BagMessage]:
 
 
 def read_images(path: str | Path, topic: str) -> Iterator[tuple[int, np.ndarray]]:
-    """(header stamp ns, decode_image(message)) of every message on image topic `topic`, in bag order."""
+    """(header stamp ns, images.decode_image(message)) of every message on image topic `topic`, in bag order."""
     msgtype = select_topics(path, [topic])[topic]
     if msgtype not in IMAGE_TYPES:
         raise InputError(f"{path}: topic {topic} holds {msgtype}, not {' or '.join(IMAGE_TYPES)}; "
@@ -248,15 +248,15 @@ def _images(path: Path, topic: str, msgtype: str) -> Iterator[tuple[int, np.ndar
         connections = [c for c in reader.connections if c.topic == topic]
         for _, _, data in reader.messages(connections=connections):
             message = reader.deserialize(data, msgtype)
-            yield stamp_ns(message.header), decode_image(message)
+            yield stamp_ns(message.header), images.decode_image(message)
 
 
 def read_label_images(path: str | Path, gt_topic: str = "/labels") -> dict[int, np.ndarray]:
-    """{header stamp ns: labels uint8 [H, W]} of the mono8 label maps on `gt_topic`."""
+    """{header stamp ns: labels [H, W]} of the label maps on `gt_topic` (mono8: uint8, mono16: uint16)."""
     labels = {}
     for stamp, image in read_images(path, gt_topic):
         if image.ndim != 2:
-            raise InputError(f"{path}: topic {gt_topic} holds colour images, not mono8 label maps; "
+            raise InputError(f"{path}: topic {gt_topic} holds colour images, not mono8/mono16 label maps; "
                              "give the ground-truth topic (--gt-topic)")
         labels[stamp] = image
     return labels
@@ -265,29 +265,6 @@ def read_label_images(path: str | Path, gt_topic: str = "/labels") -> dict[int, 
 def stamp_ns(header) -> int:
     """A std_msgs/Header's stamp (rosbags or rclpy message) in nanoseconds."""
     return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-
-
-def decode_image(message) -> np.ndarray:
-    """A sensor_msgs Image or CompressedImage (rosbags or rclpy message) as a uint8 array:
-    [H, W] for mono8 (and single-channel compressed images), RGB [H, W, 3] for colour ones."""
-    data = np.frombuffer(message.data, np.uint8)
-    if hasattr(message, "format"):  # CompressedImage
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-        if image is None or image.dtype != np.uint8:
-            raise InputError(f"compressed image ({message.format!r}): not an 8-bit image OpenCV can decode")
-        if image.ndim == 2:
-            return image
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    channels = CHANNELS.get(message.encoding)
-    if channels is None:
-        raise InputError(f"image encoding {message.encoding!r} not supported; supported: {', '.join(CHANNELS)}")
-    h, w = message.height, message.width
-    rows = data[: h * message.step].reshape(h, message.step)[:, : w * channels]
-    pixels = rows.reshape(h, w, channels)
-    if channels == 1:
-        return pixels[..., 0].copy()
-    rgb = pixels[..., :3]
-    return np.ascontiguousarray(rgb[..., ::-1] if message.encoding.startswith("bgr") else rgb)
 
 
 def _describe(topics: dict[str, BagTopic]) -> str:

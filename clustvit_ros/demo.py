@@ -18,6 +18,7 @@ from pathlib import Path
 
 from clustvit_core.errors import InputError, cli_errors
 from clustvit_core.readme import command_line, replace_section
+from clustvit_ros.params import add_options
 
 PROG = "python -m clustvit_ros.demo"
 DEMO_MODEL = "synthetic_agri_k3_ip3"
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kind", default="agri", choices=("agri",),
                         help="scene kind (the shipped demo model is trained on agri scenes)")
     parser.add_argument("--model", default=DEMO_MODEL, help=f"model to run (default {DEMO_MODEL}, shipped)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    add_options(parser, ("device",))
     parser.add_argument("--out", default="out/demo", help="output folder, replaced on each run (default out/demo)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--update-readme", metavar="README",

@@ -28,12 +28,15 @@ import numpy as np
 
 from clustvit_core.errors import InputError, cli_errors
 from clustvit_ros import interface as api
-from clustvit_ros.bags import list_topics, read_label_images, select_topics, stamp_ns
-from clustvit_ros.launch_args import NODE_NAME, config_file
+from clustvit_ros.bags import COMPRESSED_TYPE, list_topics, read_label_images, select_topics, stamp_ns
+from clustvit_ros.interface import NODE_NAME
+from clustvit_ros.launch_args import config_file
+from clustvit_ros.params import add_options, ros_arguments, typed_values
 
 PROG = "python -m clustvit_ros.evaluate_bag"
-COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 DEFAULT_TOPIC = "/camera/image_raw"  # make_bag's default
+NODE_OPTIONS = ("weights", "device", "precision", "input_size", "keep_bias", "threads")  # node parameters as options
+DIAGNOSTICS_PERIOD = 0.2  # s: the node's cumulative counters arrive soon after the last frame
 
 
 @dataclass
@@ -66,22 +69,16 @@ def private_environment(domain_id: int | None = None, base: dict | None = None) 
     return env
 
 
-def node_command(model: str, topic: str, msgtype: str, *, weights: str = "", device: str = "auto",
-                 precision: str = "fp32", input_size: int = 0, keep_bias: float = 0.0, threads: int = 0,
-                 extra: list[str] = ()) -> list[str]:
-    """The segment_node command line reading `topic` (an Image or CompressedImage topic)."""
-    params = {"model": model, "weights": weights, "device": device, "precision": precision,
-              "input_size": int(input_size), "keep_bias": float(keep_bias), "threads": int(threads),
-              "diagnostics_period": 0.2}
+def node_command(model: str, topic: str, msgtype: str, params: dict | None = None, extra: list[str] = ()) -> list[str]:
+    """The segment_node command line reading `topic` (an Image or CompressedImage topic), with `model` and
+    the node parameters `params` ({name: value}, see clustvit_ros.params; ConfigError if one is invalid)."""
+    values = {"model": model, **(params or {}), "diagnostics_period": DIAGNOSTICS_PERIOD}
     if msgtype == COMPRESSED_TYPE:
-        params["compressed_input"] = True
+        values["compressed_input"] = True
         remaps = [f"image:={topic}/_unused_raw", f"image/compressed:={topic}"]
     else:
         remaps = [f"image:={topic}"]
-    cmd = [sys.executable, "-m", "clustvit_ros.segment_node", "--ros-args"]
-    for name, value in params.items():
-        text = json.dumps(value) if not isinstance(value, str) else (value or '""')
-        cmd += ["-p", f"{name}:={text}"]
+    cmd = [sys.executable, "-m", "clustvit_ros.segment_node", "--ros-args", *ros_arguments(values)]
     for remap in remaps:
         cmd += ["-r", remap]
     return cmd + list(extra)
@@ -212,13 +209,14 @@ class NodeProcess:
 
 
 def evaluate_bag(bag: str | Path, model: str, *, topic: str = DEFAULT_TOPIC, gt_topic: str | None = None,
-                 rate: float = 1.0, reliable: bool = False, weights: str = "", device: str = "auto",
-                 precision: str = "fp32", input_size: int = 0, keep_bias: float = 0.0, threads: int = 0,
-                 save_dir: str | Path | None = None, num_saved: int = 4, domain_id: int | None = None,
-                 node_timeout: float = 120.0, settle: float = 2.0, progress: bool = True) -> dict:
-    """Run the node on a bag and return the report (see `summarize`). Raises InputError for a bad bag,
-    topic, or a node that fails to start (with its last output line)."""
+                 rate: float = 1.0, reliable: bool = False, save_dir: str | Path | None = None, num_saved: int = 4,
+                 domain_id: int | None = None, node_timeout: float = 120.0, settle: float = 2.0,
+                 progress: bool = True, **node_params) -> dict:
+    """Run the node on a bag and return the report (see `summarize`). `node_params` are the node's
+    parameters (e.g. device="cpu", keep_bias=-1.0; clustvit_ros.params). Raises InputError for a bad bag,
+    topic, or a node that fails to start (with its last output line), ConfigError for a bad parameter."""
     bag = Path(bag)
+    node_params = typed_values(node_params)
     topics = list_topics(bag)
     msgtype = select_topics(bag, [topic])[topic]
     frames_in = topics[topic].count
@@ -229,9 +227,7 @@ def evaluate_bag(bag: str | Path, model: str, *, topic: str = DEFAULT_TOPIC, gt_
 
     env = private_environment(domain_id)
     with tempfile.TemporaryDirectory(prefix="clustvit_evaluate_") as tmp:
-        node = NodeProcess(node_command(model, topic, msgtype, weights=weights, device=device, precision=precision,
-                                        input_size=input_size, keep_bias=keep_bias, threads=threads),
-                           env, Path(tmp) / "segment_node.log")
+        node = NodeProcess(node_command(model, topic, msgtype, node_params), env, Path(tmp) / "segment_node.log")
         try:
             collected, seconds, class_names = _run(env, bag, topic, node, labels, save_stamps, save_dir, rate,
                                                    reliable, node_timeout, settle, frames_in, progress)
@@ -264,7 +260,7 @@ def _run(env, bag, topic, node: NodeProcess, labels, save_stamps, save_dir, rate
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from clustvit_ros.msg import SegmentationStats
+    from clustvit_msgs.msg import SegmentationStats
     from clustvit_ros.replay import BagReplay
 
     saved_env = {k: os.environ.get(k) for k in env}
@@ -363,7 +359,7 @@ def _score(msg, labels: dict, info: dict, collected: Collected) -> None:
     """Add one mask's confusion against the ground truth with the same stamp."""
     from clustvit_core.metrics import confusion_matrix
 
-    from clustvit_ros.bags import decode_image
+    from clustvit_ros.images import decode_image
 
     gt = labels.get(stamp_ns(msg.header))
     if gt is None or not info:
@@ -379,7 +375,7 @@ def _score(msg, labels: dict, info: dict, collected: Collected) -> None:
 def _save(msg, name: str, stamps: set[int], out_dir, collected: Collected) -> None:
     import cv2
 
-    from clustvit_ros.bags import decode_image
+    from clustvit_ros.images import decode_image
 
     stamp = stamp_ns(msg.header)
     if stamp not in stamps:
@@ -399,12 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
                "Make a bag: python -m clustvit_ros.make_bag --help. Exit code 2 on a bad bag, topic or model.")
     parser.add_argument("bag", metavar="BAG", help="rosbag2 bag folder (sqlite3 or mcap)")
     parser.add_argument("--model", required=True, help="registry name or model YAML (the node's `model`)")
-    parser.add_argument("--weights", default="", help="weights file (default: the registry entry's)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    parser.add_argument("--input-size", type=int, default=0, help="network input side (default: the model's)")
-    parser.add_argument("--keep-bias", type=float, default=0.0, help="the node's keep_bias (default 0)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads of the node (default: torch's)")
+    add_options(parser, NODE_OPTIONS)
     parser.add_argument("--topic", default=DEFAULT_TOPIC,
                         help=f"Image or CompressedImage topic in the bag (default {DEFAULT_TOPIC})")
     parser.add_argument("--gt-topic", help="topic of mono8 label images (255 = unlabeled) for mIoU, matched by stamp")
@@ -439,9 +430,9 @@ def _main(args: argparse.Namespace) -> int:
             raise InputError(f"--domain-id {args.domain_id}: must be in 0..232 (0..101 is safest)")
         result = evaluate_bag(
             args.bag, args.model, topic=args.topic, gt_topic=args.gt_topic, rate=args.rate, reliable=args.reliable,
-            weights=args.weights, device=args.device, precision=args.precision, input_size=args.input_size,
-            keep_bias=args.keep_bias, threads=args.threads, save_dir=args.save_images, num_saved=args.num_images,
-            domain_id=args.domain_id, node_timeout=args.node_timeout, progress=not args.quiet)
+            save_dir=args.save_images, num_saved=args.num_images, domain_id=args.domain_id,
+            node_timeout=args.node_timeout, progress=not args.quiet,
+            **{name: getattr(args, name) for name in NODE_OPTIONS})
         print(format_summary(result))
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)

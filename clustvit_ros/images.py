@@ -1,40 +1,100 @@
-"""sensor_msgs image messages <-> numpy RGB arrays, via cv_bridge, with every check a camera stream needs.
+"""sensor_msgs images <-> numpy arrays: the one image codec of the node and the bag tools.
 
-A malformed frame raises `FrameError` with the reason (the node counts it, warns, and keeps running).
-Importing this module needs cv_bridge but not rclpy (messages are duck-typed).
+    decode_image(msg)        # Image or CompressedImage -> its pixel values: [H, W] for mono8 / mono16
+                             # (uint8 / uint16: label maps and masks stay class ids), RGB uint8 [H, W, 3]
+    image_to_rgb(msg)        # -> RGB uint8 [H, W, 3] always (what the network sees): mono16 scaled to 8 bit
+    array_to_image(a, enc)   # numpy -> rclpy sensor_msgs/Image (cv_bridge), what the node publishes
+
+Decoding reads rclpy and `rosbags` messages alike (they are duck-typed: height, width, encoding, step,
+is_bigendian, data; or format, data), honours row padding (`step`) and byte order, and checks every
+frame first: a malformed one raises `FrameError` with the reason, one line (the node counts it, warns
+and keeps running; the bag tools report it as an InputError). Importing this module needs no ROS;
+cv_bridge (which imports sensor_msgs) is loaded by array_to_image only.
 """
 from __future__ import annotations
 
-import numpy as np
-from cv_bridge import CvBridge, CvBridgeError
+import functools
+from typing import NamedTuple
 
-# Encodings the node accepts: bytes per pixel. mono16 is scaled to 8 bits (value / 257).
-SUPPORTED_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "mono16": 2}
+import cv2
+import numpy as np
+
+from clustvit_core.errors import InputError
+
+
+class Encoding(NamedTuple):
+    channels: int
+    dtype: type  # of one channel value
+
+    @property
+    def pixel_bytes(self) -> int:
+        return self.channels * np.dtype(self.dtype).itemsize
+
+
+# The raw encodings read and written: channels and value type. Colour ones decode to RGB (alpha dropped).
+ENCODINGS = {"rgb8": Encoding(3, np.uint8), "bgr8": Encoding(3, np.uint8), "rgba8": Encoding(4, np.uint8),
+             "bgra8": Encoding(4, np.uint8), "mono8": Encoding(1, np.uint8), "mono16": Encoding(1, np.uint16)}
 MAX_SIDE = 16384  # larger sides are rejected rather than allocated
 
-_bridge = CvBridge()
 
-
-class FrameError(ValueError):
-    """An input frame that cannot be used; str() is the reason, one line."""
+class FrameError(InputError):
+    """An image message that cannot be decoded; str() is the reason, one line."""
 
 
 def check_image(msg) -> None:
     """Raise FrameError if a sensor_msgs/Image cannot be decoded: unsupported encoding, zero or huge
     size, a row step shorter than a row, or a data length that is not step * height."""
-    encoding = msg.encoding
-    if encoding not in SUPPORTED_ENCODINGS:
-        raise FrameError(f"unsupported encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+    encoding = ENCODINGS.get(msg.encoding)
+    if encoding is None:
+        raise FrameError(f"unsupported encoding {msg.encoding!r} (supported: {', '.join(ENCODINGS)})")
     if msg.width == 0 or msg.height == 0:
         raise FrameError(f"empty image ({msg.width}x{msg.height})")
     if max(msg.width, msg.height) > MAX_SIDE:
         raise FrameError(f"image of {msg.width}x{msg.height} pixels exceeds {MAX_SIDE} per side")
-    row = msg.width * SUPPORTED_ENCODINGS[encoding]
-    if msg.step < row:
-        raise FrameError(f"step {msg.step} < width {msg.width} x {SUPPORTED_ENCODINGS[encoding]} bytes ({encoding})")
+    if msg.step < msg.width * encoding.pixel_bytes:
+        raise FrameError(f"step {msg.step} < width {msg.width} x {encoding.pixel_bytes} bytes ({msg.encoding})")
     if len(msg.data) != msg.step * msg.height:
         raise FrameError(f"data has {len(msg.data)} bytes, expected step {msg.step} x height {msg.height} "
                          f"= {msg.step * msg.height}")
+
+
+def is_compressed(msg) -> bool:
+    """True for a sensor_msgs/CompressedImage (it has `format`), False for an Image."""
+    return hasattr(msg, "format")
+
+
+def decode_image(msg) -> np.ndarray:
+    """An Image or CompressedImage as a new array of its values: [H, W] uint8 (mono8) or uint16 (mono16,
+    e.g. the node's mask for > 255 classes), RGB uint8 [H, W, 3] for colour. Raises FrameError."""
+    return _decode_compressed(msg) if is_compressed(msg) else _decode_raw(msg)
+
+
+def _decode_raw(msg) -> np.ndarray:
+    check_image(msg)
+    encoding = ENCODINGS[msg.encoding]
+    h, w = msg.height, msg.width
+    rows = np.frombuffer(msg.data, np.uint8).reshape(h, msg.step)[:, : w * encoding.pixel_bytes]
+    stored = np.dtype(encoding.dtype).newbyteorder(">" if msg.is_bigendian else "<")  # 8 bit: order moot
+    values = np.ascontiguousarray(rows).view(stored).astype(encoding.dtype)  # native order, a new array
+    if encoding.channels == 1:
+        return values.reshape(h, w)
+    pixels = values.reshape(h, w, encoding.channels)[..., :3]
+    return np.ascontiguousarray(pixels[..., ::-1] if msg.encoding.startswith("bgr") else pixels)
+
+
+def _decode_compressed(msg) -> np.ndarray:
+    if len(msg.data) == 0:
+        raise FrameError("empty compressed image")
+    image = cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise FrameError(f"could not decode compressed image (format {msg.format!r})")
+    if image.ndim == 2:
+        return image
+    if image.shape[2] not in (3, 4):
+        raise FrameError(f"compressed image with {image.shape[2]} channels (format {msg.format!r}): "
+                         "expected gray, colour or colour with alpha")
+    # OpenCV decodes colour to BGR(A)
+    return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
 
 
 def to_8bit(values: np.ndarray) -> np.ndarray:
@@ -42,49 +102,30 @@ def to_8bit(values: np.ndarray) -> np.ndarray:
     return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
+def to_rgb(pixels: np.ndarray) -> np.ndarray:
+    """decode_image's result as RGB uint8 [H, W, 3]: 16-bit values scaled to 8 bits, gray repeated."""
+    if pixels.dtype == np.uint16:
+        pixels = to_8bit(pixels)
+    if pixels.ndim == 2:
+        return np.repeat(pixels[..., None], 3, axis=2)
+    return pixels
+
+
 def image_to_rgb(msg) -> np.ndarray:
-    """sensor_msgs/Image -> RGB uint8 [H, W, 3] (a new array). Raises FrameError."""
-    check_image(msg)
-    bpp = SUPPORTED_ENCODINGS[msg.encoding]
-    rows = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)[:, : msg.width * bpp]
-    if msg.encoding == "mono16":
-        # numpy, not cv_bridge: cv_bridge 1.13 fails on big-endian data under NumPy 2 (ndarray.newbyteorder)
-        gray = np.ascontiguousarray(rows).view(">u2" if msg.is_bigendian else "<u2")
-        return np.repeat(to_8bit(gray)[..., None], 3, axis=2)
-    if msg.step != msg.width * bpp or msg.is_bigendian:
-        # cv_bridge 1.13 ignores `step` and trips over the big-endian flag (meaningless for 8-bit
-        # channels): hand it the packed pixels instead.
-        shape = (msg.height, msg.width) if bpp == 1 else (msg.height, msg.width, bpp)
-        msg = _bridge.cv2_to_imgmsg(np.ascontiguousarray(rows).reshape(shape), encoding=msg.encoding)
-    try:
-        # a copy: for rgb8 cv_bridge returns a view of the message's buffer
-        return np.array(_bridge.imgmsg_to_cv2(msg, "rgb8"), dtype=np.uint8, copy=True)
-    except (CvBridgeError, TypeError, ValueError, AttributeError) as exc:
-        raise FrameError(f"cv_bridge could not convert the {msg.encoding} image: {exc}") from None
+    """An Image or CompressedImage as RGB uint8 [H, W, 3] (a new array). Raises FrameError."""
+    return to_rgb(decode_image(msg))
 
 
-def compressed_to_rgb(msg) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg, png, ... anything OpenCV decodes) -> RGB uint8 [H, W, 3]."""
-    if len(msg.data) == 0:
-        raise FrameError("empty compressed image")
-    try:
-        image = _bridge.compressed_imgmsg_to_cv2(msg, "passthrough")
-    except (CvBridgeError, TypeError, ValueError) as exc:
-        raise FrameError(f"could not decode compressed image (format {msg.format!r}): {exc}") from None
-    if image is None or image.size == 0:
-        raise FrameError(f"could not decode compressed image (format {msg.format!r})")
-    if image.dtype == np.uint16:
-        image = to_8bit(image)
-    if image.ndim == 2:
-        return np.repeat(image[..., None], 3, axis=2)
-    if image.shape[2] == 4:
-        image = image[..., :3]
-    return np.ascontiguousarray(image[..., ::-1])  # OpenCV decodes to BGR
+@functools.cache
+def _bridge():
+    from cv_bridge import CvBridge
+
+    return CvBridge()
 
 
 def array_to_image(array: np.ndarray, encoding: str, header=None):
-    """numpy array -> sensor_msgs/Image with `encoding` (rgb8, mono8, mono16) and the given header."""
-    msg = _bridge.cv2_to_imgmsg(np.ascontiguousarray(array), encoding=encoding)
+    """numpy array -> rclpy sensor_msgs/Image with `encoding` (rgb8, mono8, mono16) and the given header."""
+    msg = _bridge().cv2_to_imgmsg(np.ascontiguousarray(array), encoding=encoding)
     if header is not None:
         msg.header = header
     return msg

@@ -1,5 +1,6 @@
-"""The node's ROS interface in one place: topic and service names (the node creates exactly these),
-and the README's interface tables generated from them, from params.py and from msg/*.msg.
+"""The node's ROS interface in one place: its default name, topic and service names (the node creates
+exactly these), and the README's interface tables generated from them, from params.py and from the
+clustvit_msgs package's msg/*.msg.
 
     python -m clustvit_ros.interface                      # print the tables
     python -m clustvit_ros.interface --update-readme README.md
@@ -15,7 +16,9 @@ from pathlib import Path
 
 from clustvit_ros.params import markdown_table as parameters_table
 
-MSG_DIR = Path(__file__).resolve().parent.parent / "msg"
+NODE_NAME = "segment_node"  # the node's default name: its private topics are /NODE_NAME/* (`~/*`)
+MSG_PACKAGE = "clustvit_msgs"  # the ROS package of the node's own message types
+MSG_DIR = Path(__file__).resolve().parent.parent / MSG_PACKAGE / "msg"
 README_SECTIONS = ("ros-topics", "ros-parameters", "ros-stats", "ros-launch")
 
 
@@ -41,7 +44,7 @@ OVERLAY = Endpoint("~/overlay", "sensor_msgs/Image", "out", "best effort, depth 
                    "rgb8: the image blended with the palette (`overlay_alpha`).")
 CLUSTERS = Endpoint("~/clusters", "sensor_msgs/Image", "out", "best effort, depth 1",
                     "rgb8: the image with each merged-token cluster tinted (`cluster_alpha`), kept tokens untouched.")
-STATS = Endpoint("~/stats", "clustvit_ros/SegmentationStats", "out", "reliable, depth 10",
+STATS = Endpoint("~/stats", f"{MSG_PACKAGE}/SegmentationStats", "out", "reliable, depth 10",
                  "One per processed frame: sizes, token counts, timings, drops, class pixel counts (below).")
 LABEL_INFO = Endpoint("~/label_info", "std_msgs/String", "out", "reliable, transient local (latched)",
                       'JSON: `{"model", "class_names", "palette", "mask_encoding", "unlabeled_id"}`.')
@@ -53,7 +56,7 @@ ENABLE = Endpoint("~/enable", "std_srvs/SetBool", "service", "",
 ENDPOINTS = (IMAGE_IN, COMPRESSED_IN, MASK, MASK_COLOR, OVERLAY, CLUSTERS, STATS, LABEL_INFO, DIAGNOSTICS, ENABLE)
 
 
-def topics_table(node_name: str = "segment_node") -> str:
+def topics_table(node_name: str = NODE_NAME) -> str:
     """Markdown table of the node's topics and services."""
     rows = ["| Name | Type | Direction | QoS | Content |", "|---|---|---|---|---|"]
     for e in ENDPOINTS:

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from clustvit_ros.interface import NODE_NAME
 from clustvit_ros.params import BY_NAME, check_value
 
 PACKAGE = "clustvit_ros"
 NODE_EXECUTABLE = "segment_node"
-NODE_NAME = "segment_node"
 PARAMS_FILE_NAME = "segment.yaml"
 RVIZ_CONFIG_NAME = "clustvit.rviz"
 # The node's image outputs that config/clustvit.rviz shows, as ~/NAME topics of NODE_NAME.

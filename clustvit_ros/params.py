@@ -1,15 +1,21 @@
 """The segmentation node's parameters: one table, read by the node (declarations, descriptors,
-validation), the launch helper, config/segment.yaml's test and the README's table.
+validation), the launch helper, evaluate_bag's command line, config/segment.yaml's test and the
+README's table.
 
-Importing this module needs no ROS. `python -m clustvit_ros.params` prints the README table.
+Importing this module needs no ROS (nor torch). `python -m clustvit_ros.params` prints the README table.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from clustvit_core.devices import DEVICE_HELP, PRECISIONS, check_precision
+from clustvit_core.errors import ConfigError
+
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -31,11 +37,12 @@ PARAMETERS: tuple[Param, ...] = (
           "Model registry name (config/models/NAME.yaml) or a path to a model YAML."),
     Param("weights", "",
           "Weights file (.safetensors or weights-only .pth); empty = the file the registry entry names."),
-    Param("device", "auto", "Inference device: auto (cuda if available, else cpu), cpu, cuda or cuda:N.",
-          choices=("auto", "cpu", "cuda", "cuda:N")),
-    Param("precision", "fp32", "Inference precision: fp32, fp16 or bf16 (fp16/bf16 autocast; fp16 needs CUDA).",
+    Param("device", "auto", f"Inference device: {DEVICE_HELP}.", choices=("auto", "cpu", "cuda", "cuda:N")),
+    Param("precision", "fp32",
+          f"Inference precision: {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]} (fp16/bf16 autocast; fp16 needs CUDA).",
           choices=PRECISIONS),
-    Param("input_size", 0, "Network input side in pixels (multiple of 16); 0 = the model's training size.",
+    Param("input_size", 0, "Network input side in pixels (a multiple of the model's patch size, checked on start); "
+          "0 = the model's training size.",
           range=(0, 4096)),
     Param("threads", 0, "CPU threads for torch (0 = torch's default).", range=(0, 256)),
     Param("enable", True, "Process frames; false = subscriptions stay, nothing is computed (also ~/enable service).",
@@ -67,14 +74,76 @@ def check_value(name: str, value) -> str | None:
     if spec.range is not None and not (spec.range[0] <= value <= spec.range[1]):
         return f"{name}={value!r} is outside [{spec.range[0]:g}, {spec.range[1]:g}]"
     if name == "device" and not DEVICE_PATTERN.match(str(value)):
-        return f"device={value!r}: use auto, cpu, cuda or cuda:N"
-    if name == "precision" and value not in PRECISIONS:
-        return f"precision={value!r}: use one of {', '.join(PRECISIONS)}"
-    if name == "input_size" and value % 16:
-        return f"input_size={value}: must be a multiple of 16 (or 0 for the model's size)"
+        return f"device={value!r}: use {DEVICE_HELP}"
+    if name == "precision":
+        try:
+            check_precision(value)
+        except ConfigError as exc:
+            return str(exc)
     if name == "model" and not str(value).strip():
         return "model is empty: name a registered model (config/models/NAME.yaml) or a YAML path"
     return None
+
+
+def typed_values(values: Mapping[str, object]) -> dict:
+    """`values` of node parameters with the table's types (an int for a double becomes a float), checked;
+    ConfigError (one line) for an unknown name, a value of the wrong type or a rejected value."""
+    typed = {}
+    for name, value in values.items():
+        spec = BY_NAME.get(name)
+        if spec is None:
+            raise ConfigError(f"unknown node parameter {name!r}: use one of {', '.join(BY_NAME)}")
+        typed[name] = _typed(spec, value)
+        reason = check_value(name, typed[name])
+        if reason:
+            raise ConfigError(f"parameter {reason}")
+    return typed
+
+
+def _typed(spec: Param, value):
+    """`value` as the parameter's type: an int is taken for a double; a bool is no number."""
+    kind = type(spec.default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"parameter {spec.name}={value!r}: expected a value of type {spec.type_name}")
+    return value
+
+
+def ros_arguments(values: Mapping[str, object]) -> list[str]:
+    """`-p NAME:=VALUE` command-line arguments (after --ros-args) setting the node parameters `values`."""
+    args = []
+    for name, value in typed_values(values).items():
+        args += ["-p", f"{name}:={json.dumps(value)}"]  # JSON is YAML: strings stay strings, 1.0 a double
+    return args
+
+
+def add_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """Command-line options --NAME (dashes for underscores) setting the node parameters `names`: type,
+    default, check and help from the table. Their values: `{name: getattr(args, name) for name in names}`."""
+    for name in names:
+        spec = BY_NAME[name]
+        flag = f"--{name.replace('_', '-')}"
+        text = spec.description + (f" Default: {spec.default}." if spec.default != "" else "")
+        if isinstance(spec.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=spec.default, help=text)
+        else:
+            parser.add_argument(flag, type=_option_parser(spec), default=spec.default, help=text)
+
+
+def _option_parser(spec: Param):
+    """argparse `type` of a parameter: the text as the table's type, checked with check_value."""
+    def parse(text: str):
+        try:
+            value = type(spec.default)(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not of type {spec.type_name}") from None
+        reason = check_value(spec.name, value)
+        if reason:
+            raise argparse.ArgumentTypeError(reason)
+        return value
+
+    return parse
 
 
 def markdown_table() -> str:

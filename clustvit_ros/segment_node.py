@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import rclpy
+from clustvit_msgs.msg import SegmentationStats
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
@@ -36,11 +37,10 @@ from clustvit_core.errors import ClustViTError
 from clustvit_core.predictor import Segmentation, Segmenter
 from clustvit_core.visualize import cluster_overlay, colorize
 from clustvit_ros import interface as api
-from clustvit_ros.images import FrameError, array_to_image, check_image, compressed_to_rgb, image_to_rgb
-from clustvit_ros.msg import SegmentationStats
+from clustvit_ros.images import FrameError, array_to_image, check_image, image_to_rgb
+from clustvit_ros.interface import NODE_NAME
 from clustvit_ros.params import PARAMETERS, Param, check_value
 
-NODE_NAME = "segment_node"
 UNLABELED = {np.uint8: 255, np.uint16: 65535}  # mask value of pixels without a class, by mask dtype
 WARN_PERIOD_S = 5.0  # throttle of per-frame warnings
 RATE_WINDOW = 30  # frames over which /diagnostics reports rate and latency
@@ -140,7 +140,7 @@ class SegmentNode(Node):
         seg.warm_up()
         self.get_logger().info(
             f"model {seg.name} ({seg.num_classes} classes, k={seg.k}) on {seg.device} {seg.precision}, "
-            f"input {seg.size}x{seg.size}")
+            f"input {seg.size[1]}x{seg.size[0]}")  # size: (h, w)
 
         self.counters = Counters()
         self.slot = LatestFrame()
@@ -258,7 +258,7 @@ class SegmentNode(Node):
 
     def _process(self, frame: Frame) -> None:
         msg = frame.msg
-        image = image_to_rgb(msg) if isinstance(msg, Image) else compressed_to_rgb(msg)
+        image = image_to_rgb(msg)
         keep_bias = float(self._param("keep_bias"))
         result = self.segmenter(image, keep_bias=keep_bias)
         t_post = time.perf_counter()
@@ -295,7 +295,7 @@ class SegmentNode(Node):
                 clusters = image
             else:
                 clusters = cluster_overlay(image, result.cluster_ids, alpha=float(self._param("cluster_alpha")),
-                                           k=seg.k, input_shape=result.network_size)
+                                           k=seg.k, input_shape=result.network_size, patch=seg.data.patch_size)
             self.pub_clusters.publish(array_to_image(clusters, "rgb8", header))
 
     def _stats(self, header, image: np.ndarray, r: Segmentation, keep_bias: float,

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Install ROS 2 (Kilted, pip wheels) into a virtual environment and build + install this package
-# (the clustvit_ros messages, clustvit_ros and clustvit_core Python packages, launch/config files,
-# executables in lib/clustvit_ros/) into it with CMake. No ROS apt packages, no `source setup.bash`.
+# Install ROS 2 (Kilted, pip wheels) into a virtual environment and build + install this repository's
+# two ROS packages into it with CMake: clustvit_msgs (the messages) and clustvit_ros (launch/config
+# files, executables in lib/clustvit_ros/). No ROS apt packages, no `source setup.bash`.
 #
 #   scripts/ros_setup.sh [VENV]        VENV: a venv that already has requirements.txt (default: .venv)
 #
-# Safe to run repeatedly: pip installs, the fixes to the ROS wheels and the CMake configure step run
-# only when msg/, CMakeLists.txt, package.xml, the requirements files or this script changed (stamp
-# file in the build folder); otherwise only the incremental build + install and the smoke check run.
-# Environment: CLUSTVIT_ROS_FORCE=1 redoes everything; JOBS=N sets the build parallelism.
+# clustvit_ros is installed in development mode (CMake option CLUSTVIT_DEVELOP): a .pth file puts this
+# source tree on the venv's sys.path, so the venv imports clustvit_ros and clustvit_core from the
+# working tree (edits apply at once, from any folder) instead of from copies.
+# Safe to run repeatedly: pip installs, the fixes to the ROS wheels and a clean CMake configure run only
+# when the packages' CMakeLists.txt, package.xml or .msg files, the requirements files or this script
+# changed (stamp file in the build folder); otherwise only the incremental build + install and the
+# smoke check run. Environment: CLUSTVIT_ROS_FORCE=1 redoes everything; JOBS=N sets the build parallelism.
 set -euo pipefail
 
 die() { echo "ros_setup.sh: error: $*" >&2; exit 1; }
@@ -29,13 +32,13 @@ if command -v ninja >/dev/null 2>&1; then GENERATOR=Ninja
 elif command -v make >/dev/null 2>&1; then GENERATOR="Unix Makefiles"
 else die "neither 'ninja' nor 'make' found: install one (e.g. apt-get install make)"; fi
 
-# One build folder per venv (the CMake cache holds the venv's interpreter and install prefix).
+PACKAGES=(clustvit_msgs clustvit_ros)  # in build order
+# One build folder per venv (the CMake caches hold the venv's interpreter and install prefix), with one
+# subfolder per package.
 VENV_KEY=$(printf '%s' "$VENV" | sha256sum | cut -c1-8)
 BUILD=$ROOT/build/ros/$(basename "$VENV")-$VENV_KEY
 LOG=$BUILD/ros_setup.log
 STAMP=$BUILD/ros_setup.stamp
-mkdir -p "$BUILD"
-: >"$LOG"
 
 # run DESCRIPTION CMD...: run with output in the log; on failure show the log's tail and stop.
 run() {
@@ -50,13 +53,31 @@ run() {
 state_hash() {
   {
     printf '%s\n' "$VENV" "$("$PY" -c 'import sys; print(sys.version)' 2>&1)"
-    (cd "$ROOT" && find msg -type f -name '*.msg' | LC_ALL=C sort | xargs sha256sum)
-    (cd "$ROOT" && sha256sum CMakeLists.txt package.xml requirements.txt requirements-ros.txt scripts/ros_setup.sh)
+    (cd "$ROOT" && find clustvit_msgs -type f -name '*.msg' | LC_ALL=C sort | xargs sha256sum)
+    for pkg in "${PACKAGES[@]}"; do (cd "$ROOT" && sha256sum "$pkg/CMakeLists.txt" "$pkg/package.xml"); done
+    (cd "$ROOT" && sha256sum requirements.txt requirements-ros.txt scripts/ros_setup.sh)
   } | sha256sum | cut -c1-64
 }
 
+# The messages import, and clustvit_ros / clustvit_core come from this source tree (not from copies),
+# seen from a folder outside it.
 smoke() {
-  (cd "$BUILD" && "$PY" -c "from clustvit_ros.msg import SegmentationStats; SegmentationStats()") >>"$LOG" 2>&1
+  (cd "$BUILD" && "$PY" - "$ROOT" <<'PYEOF'
+import pathlib
+import sys
+
+from clustvit_msgs.msg import SegmentationStats
+
+import clustvit_core
+import clustvit_ros
+
+SegmentationStats()
+root = pathlib.Path(sys.argv[1]).resolve()
+for module in (clustvit_core, clustvit_ros):
+    if pathlib.Path(module.__file__).resolve().parent.parent != root:
+        sys.exit(f"{module.__name__} is imported from {module.__file__}, not from {root}")
+PYEOF
+  ) >>"$LOG" 2>&1
 }
 
 export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"   # fix 1: rosidl_typesupport_c is found
@@ -65,11 +86,18 @@ JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 HASH=$(state_hash)
 start=$SECONDS
 
+# colcon must not take build folders (rosidl writes CMakeLists.txt files there) or the venv (the ROS
+# wheels' share/*/package.xml) for packages of a workspace this repository sits in.
+mkdir -p "$ROOT/build"
+touch "$ROOT/build/COLCON_IGNORE" "$VENV/COLCON_IGNORE"
+
 if [ "${CLUSTVIT_ROS_FORCE:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] \
-   && [ -f "$BUILD/CMakeCache.txt" ]; then
+   && [ -f "$BUILD/clustvit_ros/CMakeCache.txt" ]; then
+  mkdir -p "$BUILD" && : >"$LOG"
   say "up to date ($VENV); incremental build + install"
 else
-  rm -f "$STAMP"
+  rm -rf "$BUILD"  # a clean configure (also drops the build folders of older layouts)
+  mkdir -p "$BUILD" && : >"$LOG"
   "$PY" -c 'import numpy' >/dev/null 2>&1 \
     || die "numpy is not importable in $VENV: install the project's requirements first ($PY -m pip install -r requirements.txt)"
 
@@ -120,18 +148,25 @@ print(f"rewrote {changed} file(s); python include {py_inc}; numpy include {np_in
 PYEOF
   tail -n 1 "$LOG" | sed 's/^/ros_setup.sh:   /'
 
-  say "configuring (build folder $BUILD)"
-  run "cmake configure" cmake -S "$ROOT" -B "$BUILD" -G "$GENERATOR" \
-    -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_PREFIX_PATH="$VENV" \
-    -DCMAKE_INSTALL_PREFIX="$VENV" \
-    -DPython3_EXECUTABLE="$PY" \
-    -DBUILD_TESTING=OFF
+  say "configuring ${PACKAGES[*]} (build folder $BUILD)"
+  for pkg in "${PACKAGES[@]}"; do
+    options=()
+    [ "$pkg" != clustvit_ros ] || options=(-DCLUSTVIT_DEVELOP=ON)  # the venv imports the source tree
+    run "cmake configure of $pkg" cmake -S "$ROOT/$pkg" -B "$BUILD/$pkg" -G "$GENERATOR" \
+      -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_PREFIX_PATH="$VENV" \
+      -DCMAKE_INSTALL_PREFIX="$VENV" \
+      -DPython3_EXECUTABLE="$PY" \
+      -DBUILD_TESTING=OFF \
+      "${options[@]}"
+  done
 fi
 
-say "building and installing into $VENV"
-run "cmake build" cmake --build "$BUILD" --parallel "$JOBS"
-run "cmake install" cmake --install "$BUILD"
-smoke || { tail -n 25 "$LOG" >&2; die "smoke check failed: $PY cannot import clustvit_ros.msg.SegmentationStats (full log: $LOG)"; }
+say "building and installing ${PACKAGES[*]} into $VENV"
+for pkg in "${PACKAGES[@]}"; do
+  run "cmake build of $pkg" cmake --build "$BUILD/$pkg" --parallel "$JOBS"
+  run "cmake install of $pkg" cmake --install "$BUILD/$pkg"
+done
+smoke || { tail -n 25 "$LOG" >&2; die "smoke check failed: $PY cannot import clustvit_msgs.msg.SegmentationStats, or imports clustvit_ros / clustvit_core from elsewhere than $ROOT (full log: $LOG)"; }
 echo "$HASH" >"$STAMP"
-say "done in $((SECONDS - start)) s: $PY -c 'from clustvit_ros.msg import SegmentationStats' works"
+say "done in $((SECONDS - start)) s: $PY imports clustvit_msgs and this source tree's clustvit_ros / clustvit_core"

@@ -16,7 +16,7 @@ import pytest
 from clustvit_core.data import cwfid
 from clustvit_core.data.synthetic import SyntheticScenes, make_scene
 from clustvit_core.errors import InputError
-from clustvit_ros import bags, make_bag
+from clustvit_ros import bags, images, make_bag
 from ros_env import rclpy_context, ros_env, start_ros_process, stop_ros_process, wait_for
 
 # rclpy's message type support imports lark, which imports deprecated modules
@@ -108,13 +108,48 @@ def test_decode_image_handles_row_padding_and_channel_orders():
     rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     padded = np.zeros((2, 12), np.uint8)  # step 12 > 3 pixels * 3 bytes
     padded[:, :9] = rgb[..., ::-1].reshape(2, 9)
-    message = SimpleNamespace(encoding="bgr8", height=2, width=3, step=12, data=padded.tobytes())
-    np.testing.assert_array_equal(bags.decode_image(message), rgb)
+    message = SimpleNamespace(encoding="bgr8", height=2, width=3, step=12, is_bigendian=0, data=padded.tobytes())
+    np.testing.assert_array_equal(images.decode_image(message), rgb)
     rgba = np.dstack([rgb, np.full((2, 3), 7, np.uint8)])
-    message = SimpleNamespace(encoding="rgba8", height=2, width=3, step=12, data=rgba.tobytes())
-    np.testing.assert_array_equal(bags.decode_image(message), rgb)
+    message = SimpleNamespace(encoding="rgba8", height=2, width=3, step=12, is_bigendian=0, data=rgba.tobytes())
+    np.testing.assert_array_equal(images.decode_image(message), rgb)
     with pytest.raises(InputError, match="16UC1"):
-        bags.decode_image(SimpleNamespace(encoding="16UC1", height=1, width=1, step=2, data=b"\0\0"))
+        images.decode_image(SimpleNamespace(encoding="16UC1", height=1, width=1, step=2, is_bigendian=0, data=b"\0\0"))
+
+
+def mono16_message(labels: np.ndarray, bigendian: bool = False, pad: int = 0):
+    """A duck-typed mono16 sensor_msgs/Image of `labels` (uint16 [H, W]) with `pad` bytes after each row."""
+    h, w = labels.shape
+    rows = labels.astype(">u2" if bigendian else "<u2").view(np.uint8).reshape(h, 2 * w)
+    rows = np.concatenate([rows, np.full((h, pad), 0xCD, np.uint8)], axis=1)
+    return SimpleNamespace(encoding="mono16", height=h, width=w, step=2 * w + pad, is_bigendian=int(bigendian),
+                           data=rows.tobytes())
+
+
+@pytest.mark.parametrize("bigendian,pad", [(False, 0), (True, 0), (False, 6)])
+def test_decode_image_keeps_mono16_class_ids(bigendian, pad):
+    """The node publishes ~/mask as mono16 for > 255 classes: decoding keeps the class ids (no 8-bit scaling)."""
+    labels = (np.arange(4 * 7, dtype=np.uint16) * 11).reshape(4, 7)  # ids 0..297, as a 300-class model gives
+    labels[0, 0] = 65535  # unlabeled
+    out = images.decode_image(mono16_message(labels, bigendian, pad))
+    assert out.dtype == np.uint16 and out.shape == (4, 7)
+    np.testing.assert_array_equal(out, labels)
+
+
+def test_recorded_mono16_masks_read_as_class_ids(tmp_path):
+    """A bag holding the node's mono16 ~/mask (e.g. recorded with `ros2 bag record`) reads back as uint16 ids."""
+    from rosbags.rosbag2 import Writer
+
+    labels = (np.arange(4 * 7, dtype=np.uint16) * 11).reshape(4, 7)
+    store = bags.typestore()
+    mask = store.types[bags.IMAGE_TYPE](header=bags._header(START_NS, "cam"), height=4, width=7, encoding="mono16",
+                                        is_bigendian=0, step=14, data=labels.astype("<u2").view(np.uint8).reshape(-1))
+    with Writer(tmp_path / "masks", version=bags.BAG_VERSION) as writer:
+        connection = writer.add_connection("/segment_node/mask", bags.IMAGE_TYPE, typestore=store)
+        writer.write(connection, START_NS, store.serialize_cdr(mask, bags.IMAGE_TYPE))
+    masks = bags.read_label_images(tmp_path / "masks", "/segment_node/mask")
+    assert list(masks) == [START_NS] and masks[START_NS].dtype == np.uint16
+    np.testing.assert_array_equal(masks[START_NS], labels)
 
 
 def test_write_refuses_existing_path_and_bad_frames(small_bag, tmp_path):
@@ -239,9 +274,9 @@ def test_bag_bytes_are_rclpy_cdr(small_bag):
     message = next(bags.read_messages(path, ["/camera/image_raw"]))
     image = deserialize_message(message.data, Image)
     assert bags.stamp_ns(image.header) == START_NS
-    np.testing.assert_array_equal(bags.decode_image(image), frames[0][0])
+    np.testing.assert_array_equal(images.decode_image(image), frames[0][0])
     back = bags.typestore().deserialize_cdr(serialize_message(image), bags.IMAGE_TYPE)
-    np.testing.assert_array_equal(bags.decode_image(back), frames[0][0])
+    np.testing.assert_array_equal(images.decode_image(back), frames[0][0])
 
 
 def test_replay_errors(small_bag, tmp_path, capsys):
@@ -269,7 +304,7 @@ class Collector:
         self.subscriptions = [node.create_subscription(Image, topic, self._callback(topic), qos) for topic in topics]
 
     def _callback(self, topic):
-        return lambda msg: self.received[topic].append((bags.stamp_ns(msg.header), bags.decode_image(msg)))
+        return lambda msg: self.received[topic].append((bags.stamp_ns(msg.header), images.decode_image(msg)))
 
     def count(self) -> int:
         return sum(map(len, self.received.values()))

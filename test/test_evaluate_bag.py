@@ -11,11 +11,16 @@ import pytest
 from ros_env import REPO, ros_env
 
 pytest.importorskip("rclpy")
-pytest.importorskip("clustvit_ros.msg")
+pytest.importorskip("clustvit_msgs.msg")
+# rclpy's type support imports lark (deprecated modules); cv_bridge 1.13 calls ndarray.tostring()
+pytestmark = [pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:tostring:DeprecationWarning")]
 
 from clustvit_core.data.synthetic import SyntheticScenes  # noqa: E402
-from clustvit_ros.bags import write_image_bag  # noqa: E402
-from clustvit_ros.evaluate_bag import evaluate_bag, format_summary, save_plot, summarize, Collected  # noqa: E402
+from clustvit_core.errors import ConfigError  # noqa: E402
+from clustvit_ros.bags import COMPRESSED_TYPE, write_image_bag  # noqa: E402
+from clustvit_ros.evaluate_bag import (Collected, evaluate_bag, format_summary, node_command, save_plot,  # noqa: E402
+                                       summarize)
 
 KEYS = ("frames_in", "frames_processed", "frames_dropped", "frames_rejected", "latency_ms", "tokens_mean", "miou")
 
@@ -73,6 +78,33 @@ def test_summarize_falls_back_to_stats_without_diagnostics():
     result = summarize(collected, frames_in=6, class_names=["a"], replay_seconds=1.0)
     assert result["frames_processed"] == 2 and result["frames_dropped"] == 3 and result["frames_lost"] == 4
     assert result["fps"] == pytest.approx(1.0) and result["miou"] is None
+
+
+def test_node_command_sets_typed_parameters():
+    cmd = node_command("m", "/cam", COMPRESSED_TYPE, {"keep_bias": 1, "device": "cpu"})
+    args = cmd[cmd.index("--ros-args") + 1:]
+    for arg in ('model:="m"', "keep_bias:=1.0", 'device:="cpu"', "compressed_input:=true", "image/compressed:=/cam"):
+        assert arg in args, (arg, args)
+    with pytest.raises(ConfigError, match="precision"):
+        evaluate_bag("no_bag", "m", precision="int8")
+
+
+def test_mono16_masks_are_scored():
+    """A > 255-class model's mono16 ~/mask (as the node encodes it) is scored against its labels by stamp."""
+    from std_msgs.msg import Header
+
+    from clustvit_ros.evaluate_bag import _score
+    from clustvit_ros.images import array_to_image
+
+    labels = (np.arange(6 * 8, dtype=np.uint16) * 6).reshape(6, 8)  # ids 0..282 of 300 classes
+    header = Header(frame_id="camera")
+    header.stamp.sec, header.stamp.nanosec = 1_700_000_000, 5
+    mask = array_to_image(labels, "mono16", header)
+    collected = Collected()
+    info = {"class_names": [f"c{i}" for i in range(300)]}
+    _score(mask, {1_700_000_000_000_000_005: labels}, info, collected)
+    assert collected.frames_scored == 1
+    assert collected.confusion.shape == (300, 300) and np.trace(collected.confusion) == labels.size
 
 
 def test_cli_writes_json_and_rejects_bad_input(small_bag, tmp_path):

@@ -1,5 +1,6 @@
-"""clustvit_ros.images: sensor_msgs Image / CompressedImage -> RGB uint8 arrays and back, and the
-FrameError checks the node relies on to survive malformed frames. No DDS, no rclpy.init()."""
+"""clustvit_ros.images, the one image codec: sensor_msgs Image / CompressedImage -> RGB uint8 arrays (the
+node) or their own values (the bag tools: label maps, masks) and back, and the FrameError checks the node
+relies on to survive malformed frames. No DDS, no rclpy.init()."""
 import cv2
 import numpy as np
 import pytest
@@ -7,11 +8,13 @@ import pytest
 pytest.importorskip("cv_bridge", reason="cv_bridge not installed (requirements-ros.txt)")
 sensor_msgs = pytest.importorskip("sensor_msgs.msg", reason="ROS 2 sensor_msgs not installed (scripts/ros_setup.sh)")
 Image, CompressedImage = sensor_msgs.Image, sensor_msgs.CompressedImage
-# cv_bridge 1.13 calls ndarray.tostring() (deprecated in NumPy 2.x, removed in 2.3)
-pytestmark = pytest.mark.filterwarnings("ignore:tostring:DeprecationWarning")
+# cv_bridge 1.13 calls ndarray.tostring() (deprecated in NumPy 2.x, removed in 2.3); rclpy's type support
+# imports lark, which imports deprecated modules
+pytestmark = [pytest.mark.filterwarnings("ignore:tostring:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")]
 
-from clustvit_ros.images import (MAX_SIDE, SUPPORTED_ENCODINGS, FrameError, array_to_image, check_image,  # noqa: E402
-                                 compressed_to_rgb, image_to_rgb)
+from clustvit_ros.images import (ENCODINGS, MAX_SIDE, FrameError, array_to_image, check_image,  # noqa: E402
+                                 decode_image, image_to_rgb)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +114,34 @@ def test_decoded_image_is_a_copy(rgb):
     assert bytes(msg.data) == rgb.tobytes()
 
 
+def test_decode_image_keeps_label_values(rgb):
+    """Label maps and masks keep their class ids: mono8 stays uint8 [H, W], mono16 uint16 [H, W] (not scaled)."""
+    gray = rgb[..., 0].copy()
+    out = decode_image(make_image(gray, "mono8", pad=3))
+    assert out.dtype == np.uint8 and out.shape == gray.shape
+    np.testing.assert_array_equal(out, gray)
+    values = mono16_values((5, 6))
+    for bigendian in (False, True):
+        out = decode_image(make_image(values, "mono16", pad=2, bigendian=bigendian))
+        assert out.dtype == np.uint16 and out.shape == values.shape
+        np.testing.assert_array_equal(out, values)
+
+
+def test_rosbags_and_rclpy_messages_decode_alike(rgb):
+    """The same codec reads the bag tools' rosbags messages and the node's rclpy messages."""
+    pytest.importorskip("rosbags", reason="rosbags not installed (requirements-ros.txt)")
+    from rclpy.serialization import serialize_message
+
+    from clustvit_ros.bags import IMAGE_TYPE, typestore
+
+    for array, encoding in ((np.ascontiguousarray(rgb[..., ::-1]), "bgr8"), (mono16_values((5, 6)), "mono16")):
+        msg = make_image(array, encoding, pad=4)
+        recorded = typestore().deserialize_cdr(serialize_message(msg), IMAGE_TYPE)
+        np.testing.assert_array_equal(decode_image(recorded), decode_image(msg))
+        np.testing.assert_array_equal(image_to_rgb(recorded), image_to_rgb(msg))
+    np.testing.assert_array_equal(decode_image(make_image(np.ascontiguousarray(rgb[..., ::-1]), "bgr8")), rgb)
+
+
 # ----------------------------------------------------------------------------- Image: malformed frames
 
 def malformed(kind: str) -> Image:
@@ -164,7 +195,7 @@ def test_malformed_image_raises_frame_error_with_reason(kind):
 
 def test_unsupported_encoding_reason_lists_the_supported_ones():
     reason = str(pytest.raises(FrameError, check_image, malformed("yuv422")).value)
-    assert all(enc in reason for enc in SUPPORTED_ENCODINGS), reason
+    assert all(enc in reason for enc in ENCODINGS), reason
 
 
 def test_wellformed_frames_pass_the_check(rgb):
@@ -191,22 +222,33 @@ def smooth_rgb(h=48, w=64) -> np.ndarray:
 
 
 def test_png_decodes_exactly(rgb):
-    out = compressed_to_rgb(compressed(rgb, "png"))
+    out = image_to_rgb(compressed(rgb, "png"))
     assert out.dtype == np.uint8 and out.shape == rgb.shape and out.flags.c_contiguous
     np.testing.assert_array_equal(out, rgb)
 
 
 def test_gray_png_decodes_to_three_equal_channels(rgb):
     gray = rgb[..., 0].copy()
-    out = compressed_to_rgb(compressed(gray, "png"))
+    out = image_to_rgb(compressed(gray, "png"))
     assert out.shape == gray.shape + (3,)
     for c in range(3):
         np.testing.assert_array_equal(out[..., c], gray)
 
 
+def test_gray_png_keeps_one_channel_in_decode_image(rgb):
+    gray = rgb[..., 0].copy()
+    np.testing.assert_array_equal(decode_image(compressed(gray, "png")), gray)
+
+
+def test_16_bit_png_is_scaled_to_8_bits_for_the_network():
+    values = mono16_values((7, 9))
+    np.testing.assert_array_equal(decode_image(compressed(values, "png")), values)
+    np.testing.assert_array_equal(image_to_rgb(compressed(values, "png"))[..., 1], np.rint(values / 257).astype(np.uint8))
+
+
 def test_jpeg_decodes_approximately_in_rgb_order():
     image = smooth_rgb()
-    out = compressed_to_rgb(compressed(image, "jpeg"))
+    out = image_to_rgb(compressed(image, "jpeg"))
     assert out.shape == image.shape and out.dtype == np.uint8
     err = np.abs(out.astype(int) - image.astype(int))
     assert err.mean() < 3.0, err.mean()
@@ -221,7 +263,7 @@ def test_undecodable_compressed_raises_frame_error(data):
     msg = CompressedImage(format="png")
     msg.data = data
     with pytest.raises(FrameError) as info:
-        compressed_to_rgb(msg)
+        image_to_rgb(msg)
     reason = str(info.value)
     assert ("empty" in reason if not data else "decode" in reason), reason
     assert "\n" not in reason

@@ -11,7 +11,8 @@ from types import ModuleType, SimpleNamespace
 import pytest
 import yaml
 
-from clustvit_ros.launch_args import (NODE_NAME, RVIZ_IMAGE_OUTPUTS, SOURCE_CONFIG_DIR, LaunchArgumentError,
+from clustvit_ros.interface import NODE_NAME
+from clustvit_ros.launch_args import (RVIZ_IMAGE_OUTPUTS, SOURCE_CONFIG_DIR, LaunchArgumentError,
                                       config_file, launch_arguments, launch_plan)
 from clustvit_ros.params import PARAMETERS
 

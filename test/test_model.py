@@ -105,7 +105,7 @@ def test_cluster_mlp_learns_only_from_aux_loss():
     assert model.backbone.blocks[0].mlp.fc1.weight.grad.abs().sum() > 0
 
     model.zero_grad()
-    targets = cc.pseudo_clusters(labels, k=3).flatten(1)
+    targets = cc.pseudo_clusters(labels, k=3, patch=16).flatten(1)
     aux = F.cross_entropy(out.cluster_logits.flatten(0, 1), targets.flatten())
     aux.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.cluster_mlp.parameters())

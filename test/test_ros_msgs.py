@@ -1,9 +1,12 @@
-"""clustvit_ros/msg/SegmentationStats: fields, CDR round trip, and publish/subscribe across processes.
+"""clustvit_msgs/msg/SegmentationStats: fields, CDR round trip, and publish/subscribe across processes;
+and the venv that scripts/ros_setup.sh builds imports the working tree's Python packages.
 
 Needs the ROS build (scripts/ros_setup.sh VENV, then VENV/bin/python -m pytest); skips without it.
 Run as a script (`python test/test_ros_msgs.py publish TOPIC`) it is the test's publisher process.
 """
 import array
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,15 +16,16 @@ import pytest
 if __name__ != "__main__":
     rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (ROS 2 wheels: scripts/ros_setup.sh)")
     msg_module = pytest.importorskip(
-        "clustvit_ros.msg", reason="clustvit_ros messages not built (scripts/ros_setup.sh VENV)")
+        "clustvit_msgs.msg", reason="clustvit_msgs not built (scripts/ros_setup.sh VENV)")
     SegmentationStats = msg_module.SegmentationStats
     # rosidl's parser (lark) imports deprecated modules
     pytestmark = pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")
 
+from clustvit_ros.interface import MSG_DIR
 from ros_env import (MATCH_TIMEOUT_S, REPO, rclpy_context, ros_env, start_ros_process, stop_ros_process,
                      wait_for)
 
-# Every field of the message and its ROS type, in order: a change to msg/SegmentationStats.msg
+# Every field of the message and its ROS type, in order: a change to clustvit_msgs/msg/SegmentationStats.msg
 # must be made here too (and in the node and the bag tools).
 FIELDS = {
     "header": "std_msgs/Header",
@@ -50,7 +54,7 @@ FIELDS = {
 
 def filled_stats(seq: int = 0):
     """A SegmentationStats with every field set to a distinct value (floats exact in float32)."""
-    from clustvit_ros.msg import SegmentationStats
+    from clustvit_msgs.msg import SegmentationStats
 
     m = SegmentationStats()
     m.header.stamp.sec = 1_763_000_000 + seq
@@ -121,15 +125,15 @@ def test_rosbags_reads_and_writes_the_same_cdr():
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     store = get_typestore(Stores.ROS2_KILTED)
-    msg_text = (REPO / "msg" / "SegmentationStats.msg").read_text()
-    store.register(get_types_from_msg(msg_text, "clustvit_ros/msg/SegmentationStats"))
+    msg_text = (MSG_DIR / "SegmentationStats.msg").read_text()
+    store.register(get_types_from_msg(msg_text, "clustvit_msgs/msg/SegmentationStats"))
     m = filled_stats()
-    decoded = store.deserialize_cdr(serialize_message(m), "clustvit_ros/msg/SegmentationStats")
+    decoded = store.deserialize_cdr(serialize_message(m), "clustvit_msgs/msg/SegmentationStats")
     assert decoded.model_name == m.model_name and decoded.tokens == m.tokens
     assert list(decoded.class_names) == m.class_names
     assert decoded.class_pixel_counts.tolist() == m.class_pixel_counts.tolist()
     # and back: rosbags' bytes decode with rclpy (bytes may differ in padding: compare messages)
-    assert deserialize_message(bytes(store.serialize_cdr(decoded, "clustvit_ros/msg/SegmentationStats")),
+    assert deserialize_message(bytes(store.serialize_cdr(decoded, "clustvit_msgs/msg/SegmentationStats")),
                                SegmentationStats) == m
 
 
@@ -167,13 +171,28 @@ def test_publish_subscribe_across_processes(tmp_path):
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs  # in order, no duplicates
 
 
+def test_the_venv_imports_the_working_tree(tmp_path):
+    """In the venv scripts/ros_setup.sh builds (the README's set-up), clustvit_core and clustvit_ros come
+    from this working tree, seen from any folder (as from lib/clustvit_ros/segment_node): no copies that
+    go stale when a .py file changes. The messages come from the build (clustvit_msgs)."""
+    prefix = Path(sys.prefix)
+    if not (prefix / "lib" / "clustvit_ros" / "segment_node").is_file():
+        pytest.skip(f"clustvit_ros is not installed into this interpreter's prefix {prefix} (scripts/ros_setup.sh)")
+    code = "import clustvit_core, clustvit_ros, clustvit_msgs.msg as m; print(clustvit_core.__file__, clustvit_ros.__file__)"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    core, ros = (Path(p).resolve() for p in proc.stdout.split())
+    assert (core, ros) == (REPO / "clustvit_core" / "__init__.py", REPO / "clustvit_ros" / "__init__.py")
+
+
 def _publish(topic: str) -> int:
     """The publisher process: wait for a subscriber, then publish numbered messages until SIGINT."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-    from clustvit_ros.msg import SegmentationStats
+    from clustvit_msgs.msg import SegmentationStats
 
     rclpy.init()
     try:

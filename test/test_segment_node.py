@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not installed (ROS 2 wheels: scripts/ros_setup.sh)")
-pytest.importorskip("clustvit_ros.msg", reason="clustvit_ros messages not built (scripts/ros_setup.sh VENV)")
+pytest.importorskip("clustvit_msgs.msg", reason="clustvit_msgs not built (scripts/ros_setup.sh VENV)")
 pytest.importorskip("cv_bridge", reason="cv_bridge not installed (requirements-ros.txt)")
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
@@ -32,7 +32,7 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 
 from clustvit_core.data.synthetic import make_scene  # noqa: E402
-from clustvit_ros.msg import SegmentationStats  # noqa: E402
+from clustvit_msgs.msg import SegmentationStats  # noqa: E402
 from ros_env import (random_domain_id, rclpy_context, ros_env, start_ros_process, stop_ros_process,  # noqa: E402
                      wait_for)
 
@@ -590,6 +590,7 @@ BAD_STARTS = {  # name -> (parameters, a word the one error line must contain)
     "unknown_model": (["-p", "model:=no_such_model"], "no_such_model"),
     "missing_weights": (["-p", "weights:=/nonexistent.safetensors"], "/nonexistent.safetensors"),
     "integer_for_a_double": (["-p", "keep_bias:=1"], "keep_bias:=1.0"),  # a parameter at start, wrong type
+    "input_size_off_the_patch_grid": (["-p", "input_size:=500"], "input_size=500"),  # the model's patch size: 16
 }
 BAD_START_TIMEOUT_S = 30.0
 
