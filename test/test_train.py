@@ -41,6 +41,16 @@ def test_tiny_training_run_lowers_the_loss(tmp_path):
     assert {"seg_loss", "cluster_loss", "lr", "val_miou", "val_tokens_mean"} <= names
 
 
+def test_plain_vit_logs_no_cluster_loss(tmp_path, capsys):
+    """A plain ViT has no Cluster module: nothing about a cluster loss is logged (no `cluster nan`)."""
+    assert train.main(["synthetic_agri_vit", "--work-dir", str(tmp_path), "--iters", "2", "--batch-size", "2",
+                       "--quiet", "val_interval=100", *[t for t in TINY if not t.startswith(("ip=", "cluster_hidden="))]]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("iter ")]
+    assert len(lines) == 2 and all("cluster" not in line and "nan" not in line for line in lines), lines
+    with (tmp_path / "metrics.csv").open() as f:
+        assert "cluster_loss" not in {r["name"] for r in csv.DictReader(f)}
+
+
 def test_killed_run_resumes_to_identical_weights(tmp_path):
     common = ["synthetic_agri_k3_ip3", "--iters", "24", "--batch-size", "2", "--quiet", "ckpt_interval=4", "val_interval=100",
               "drop_path_rate=0.1", "lr=0.02", *TINY]
