@@ -7,6 +7,7 @@ through `build_model`, so a name means the same network everywhere.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -20,6 +21,18 @@ from .weights import load_weights, read_checkpoint_metadata
 
 ENV_CONFIG_DIR = "CLUSTVIT_CONFIG_DIR"
 ENV_WEIGHTS_DIRS = "CLUSTVIT_WEIGHTS"
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: `1e-3` is a number (PyYAML 1.1 reads it as a string)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
 
 def share_dirs() -> list[Path]:
     """share/clustvit_ros of the installs this package may come from: the prefix this file is installed
@@ -56,7 +69,7 @@ def list_models() -> list[str]:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=YamlLoader) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: not a readable YAML file ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -139,7 +152,7 @@ def parse_overrides(items: list[str]) -> dict:
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} must look like key=value, e.g. num_classes=3")
         try:
-            overrides[key.strip()] = yaml.safe_load(value)
+            overrides[key.strip()] = yaml.load(value, Loader=YamlLoader)
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({str(exc).splitlines()[0]})") from None
     return overrides

@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,17 +38,27 @@ from .pseudo import pseudo_clusters
 from .registry import build_model, load_config, parse_overrides
 from .weights import load_timm_backbone, restore_training_state, save_checkpoint, training_state
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Trainer settings: defaults here, overridable in a model YAML's `train:` mapping and on the command line."""
 
     iters: int = 80000
     batch_size: int = 8  # per process
+    optimizer: str = "sgd"  # sgd (the paper's) | adamw (the usual ViT fine-tuning recipe)
     lr: float = 1e-3
     min_lr: float = 1e-4
     power: float = 0.9
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    warmup_iters: int = 0  # linear warm-up from lr * 1e-3 over this many iterations, then poly decay
+    momentum: float = 0.9  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw
+    weight_decay: float = 0.0  # not applied to biases, norms, position embeddings and the CLS token
+    layer_decay: float = 1.0  # layer-wise lr decay: block i gets lr * layer_decay ** (depth - i); head and Cluster module full lr
+    class_weights: Any = None  # None | "auto" (median-frequency balancing over the training labels) | [w_0, ..., w_C-1]
+    ohem_thresh: float | None = None  # online hard example mining: keep pixels whose true-class probability < this
+    ohem_min_kept: int = 100000  # ... but at least this many pixels per batch (mmseg's OHEMPixelSampler)
     aux_weight: float = 0.1
     scale: tuple[float, float] = (0.5, 2.0)
     cat_max_ratio: float = 0.75
@@ -65,6 +76,10 @@ class TrainSettings:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{key}={value!r}: must be an integer >= 1")
+        for key in ("lr", "min_lr", "power", "momentum", "weight_decay", "layer_decay", "aux_weight", "cat_max_ratio"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{key}={value!r}: must be a number")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ConfigError(f"num_workers={self.num_workers!r}: must be an integer >= 0")
         if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
@@ -72,6 +87,25 @@ class TrainSettings:
         if len(tuple(self.scale)) != 2 or not 0 < self.scale[0] <= self.scale[1]:
             raise ConfigError(f"scale={list(self.scale)}: need [low, high] with 0 < low <= high")
         object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer={self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if not isinstance(self.warmup_iters, int) or not 0 <= self.warmup_iters < self.iters:
+            raise ConfigError(f"warmup_iters={self.warmup_iters!r}: must be an integer in 0..iters-1")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"layer_decay={self.layer_decay}: must lie in (0, 1] (1 = no decay)")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay={self.weight_decay}: must be >= 0")
+        if len(tuple(self.betas)) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas={list(self.betas)}: need [beta1, beta2] in [0, 1)")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        cw = self.class_weights
+        if cw is not None and cw != "auto" and (not isinstance(cw, (list, tuple)) or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in cw)):
+            raise ConfigError(f"class_weights={cw!r}: use auto or a list of one weight >= 0 per class")
+        if self.ohem_thresh is not None and not 0 < self.ohem_thresh <= 1:
+            raise ConfigError(f"ohem_thresh={self.ohem_thresh}: must lie in (0, 1] (or null: plain cross-entropy)")
+        if not isinstance(self.ohem_min_kept, int) or self.ohem_min_kept < 0:
+            raise ConfigError(f"ohem_min_kept={self.ohem_min_kept!r}: must be an integer >= 0")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -87,7 +121,10 @@ class TrainSettings:
         return cls(**merged)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "scale": list(self.scale)}
+        d = {**asdict(self), "scale": list(self.scale), "betas": list(self.betas)}
+        if isinstance(self.class_weights, tuple):
+            d["class_weights"] = list(self.class_weights)
+        return d
 
 
 CKPT_DIR = "checkpoints"
@@ -141,9 +178,87 @@ class StreamBatches(torch.utils.data.Sampler):
 # ----------------------------------------------------------------------------- pieces
 
 
-def poly_lr(it: int, iters: int, lr: float, min_lr: float, power: float) -> float:
-    """Polynomial decay from lr to min_lr over `iters` iterations."""
-    return (lr - min_lr) * (1 - it / iters) ** power + min_lr
+def poly_lr(it: int, iters: int, lr: float, min_lr: float, power: float, warmup_iters: int = 0) -> float:
+    """Polynomial decay from lr to min_lr over `iters` iterations, after a linear warm-up from lr * 1e-3."""
+    decayed = (lr - min_lr) * (1 - it / iters) ** power + min_lr
+    if it < warmup_iters:
+        return decayed * (1e-3 + (1 - 1e-3) * it / warmup_iters)
+    return decayed
+
+
+def layer_index(name: str, depth: int) -> int:
+    """Depth of a parameter for layer-wise lr decay: 0 for the patch/position/CLS embeddings, i + 1 for
+    `backbone.blocks.i`, depth + 1 for everything learned from scratch on top (final norm, Cluster MLP,
+    Regenerator, head)."""
+    if name.startswith(("backbone.patch_embed.", "backbone.pos_embed", "backbone.cls_token")):
+        return 0
+    if name.startswith("backbone.blocks."):
+        return int(name.split(".")[2]) + 1
+    return depth + 1
+
+
+def param_groups(model, weight_decay: float, layer_decay: float) -> list[dict]:
+    """Optimizer parameter groups with an `lr_scale` each (layer_decay ** (depth + 1 - layer_index));
+    biases, norm weights, the position embedding and the CLS token get no weight decay."""
+    depth = model.config.depth
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        layer = layer_index(name, depth)
+        no_decay = p.ndim == 1 or name.endswith(("pos_embed", "cls_token"))
+        group = groups.setdefault((layer, no_decay), {
+            "params": [], "lr_scale": layer_decay ** (depth + 1 - layer), "weight_decay": 0.0 if no_decay else weight_decay})
+        group["params"].append(p)
+    return [groups[key] for key in sorted(groups)]
+
+
+def build_optimizer(model, s: TrainSettings) -> torch.optim.Optimizer:
+    groups = param_groups(model, s.weight_decay, s.layer_decay)
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=s.lr, betas=s.betas)
+    return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum)
+
+
+def class_frequencies(dataset, num_classes: int, max_images: int = 200) -> np.ndarray:
+    """Share of labelled pixels per class over (at most `max_images` evenly spaced) training images."""
+    n = len(dataset)
+    counts = np.zeros(num_classes, np.float64)
+    for i in np.unique(np.linspace(0, n - 1, min(n, max_images)).round().astype(int)):
+        labels = dataset[int(i)].labels
+        counts += np.bincount(labels[labels != IGNORE_INDEX].ravel(), minlength=num_classes)[:num_classes]
+    return counts / max(counts.sum(), 1.0)
+
+
+def median_frequency_weights(freq: np.ndarray) -> np.ndarray:
+    """Median-frequency balancing (Eigen & Fergus 2015): w_c = median(f) / f_c over present classes; absent classes 0."""
+    present = freq > 0
+    weights = np.zeros_like(freq)
+    weights[present] = np.median(freq[present]) / freq[present]
+    return weights
+
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None,
+                      ohem_thresh: float | None = None, ohem_min_kept: int = 100000) -> torch.Tensor:
+    """Cross-entropy of logits [B, C, H, W] against labels [B, H, W] (255 ignored), optionally class-weighted
+    (weighted mean) and with online hard example mining as mmseg's OHEMPixelSampler: only pixels whose
+    true-class probability is below max(ohem_thresh, the ohem_min_kept-th smallest probability) count."""
+    if ohem_thresh is None:
+        return F.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE_INDEX)
+    with torch.no_grad():
+        valid = labels != IGNORE_INDEX
+        prob = logits.softmax(1).gather(1, labels.clamp(max=logits.shape[1] - 1)[:, None])[:, 0]
+        values = prob[valid].sort().values
+        thresh = ohem_thresh
+        if values.numel():
+            thresh = max(thresh, float(values[min(ohem_min_kept, values.numel() - 1)]))
+        hard = valid & (prob < thresh)
+    per_pixel = F.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE_INDEX, reduction="none")
+    if not hard.any():
+        return per_pixel.sum() * 0.0
+    if weight is None:
+        return per_pixel[hard].mean()
+    return per_pixel[hard].sum() / weight[labels[hard]].sum()
 
 
 def patch_size(model) -> int:
@@ -151,10 +266,11 @@ def patch_size(model) -> int:
     return getattr(model, "module", model).config.patch_size
 
 
-def compute_loss(model, images, labels, aux_weight: float) -> tuple[torch.Tensor, dict]:
+def compute_loss(model, images, labels, aux_weight: float, class_weight: torch.Tensor | None = None,
+                 ohem_thresh: float | None = None, ohem_min_kept: int = 100000) -> tuple[torch.Tensor, dict]:
     """(total loss, {"seg": ..., "cluster": ..., "tokens": ...}) for a batch."""
     out = model(images)
-    seg = F.cross_entropy(out.logits.float(), labels, ignore_index=IGNORE_INDEX)
+    seg = segmentation_loss(out.logits.float(), labels, class_weight, ohem_thresh, ohem_min_kept)
     parts = {"seg": seg.detach(), "tokens": out.tokens.float().mean()}
     loss = seg
     if out.cluster_logits is not None:
@@ -237,7 +353,7 @@ class Trainer:
         elif self.is_main:
             self.log("no `pretrained:` checkpoint in the config: training from random initialization")
         model.to(self.device).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        optimizer = build_optimizer(model, s)
         amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         scaler = torch.amp.GradScaler(self.device.type) if s.amp and amp_dtype == torch.float16 else None
 
@@ -257,6 +373,7 @@ class Trainer:
         if len(train_set) == 0:
             raise ConfigError(f"dataset {cfg.dataset!r} has no training images")
         val_set = build_dataset(cfg.dataset, "val", root=self.data_root) if self.is_main else None
+        class_weight = self._class_weight(train_set)
         transform = TrainTransform(cfg.img_size, cfg.mean, cfg.std, scale=s.scale, cat_max_ratio=s.cat_max_ratio)
         stream = SampleStream(train_set, transform, s.seed)
         loader = torch.utils.data.DataLoader(
@@ -280,12 +397,12 @@ class Trainer:
         it = start
         try:
             for images, labels in loader:
-                lr = poly_lr(it, s.iters, s.lr, s.min_lr, s.power)
+                lr = poly_lr(it, s.iters, s.lr, s.min_lr, s.power, s.warmup_iters)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group["lr_scale"]
                 images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
                 with torch.autocast(self.device.type, dtype=amp_dtype, enabled=s.amp):
-                    loss, parts = compute_loss(net, images, labels, s.aux_weight)
+                    loss, parts = compute_loss(net, images, labels, s.aux_weight, class_weight, s.ohem_thresh, s.ohem_min_kept)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -336,6 +453,22 @@ class Trainer:
             save_checkpoint(final, model.state_dict(), cfg, {"iteration": it, "best_miou": best})
             self.log(f"done: {final}" + (f" (best val mIoU {best:.4f}: {self.work_dir / 'best.safetensors'})" if best is not None else ""))
         return final
+
+    def _class_weight(self, train_set) -> torch.Tensor | None:
+        """The cross-entropy class weights the settings ask for (None: unweighted)."""
+        cw, n = self.settings.class_weights, self.cfg.num_classes
+        if cw is None:
+            return None
+        if cw == "auto":
+            freq = class_frequencies(train_set, n)
+            weights = median_frequency_weights(freq)
+            self.log("class weights (median-frequency balancing): "
+                     + ", ".join(f"{c} {w:.2f} ({100 * f:.1f} % of pixels)" for c, w, f in zip(self.cfg.class_names, weights, freq)))
+        else:
+            if len(cw) != n:
+                raise ConfigError(f"class_weights lists {len(cw)} weights for {n} classes ({', '.join(self.cfg.class_names)})")
+            weights = np.asarray(cw, np.float64)
+        return torch.tensor(weights, dtype=torch.float32, device=self.device)
 
     def _save(self, model, optimizer, scaler, it: int, best) -> Path:
         extra = {"iteration": it, "best_miou": best, "settings": self.settings.to_dict()}
