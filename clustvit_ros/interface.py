@@ -35,14 +35,14 @@ IMAGE_IN = Endpoint("image", "sensor_msgs/Image", "in", "sensor data (best effor
                     "Camera images: rgb8, bgr8, rgba8, bgra8, mono8, mono16 (scaled to 8 bit). Remap it.")
 COMPRESSED_IN = Endpoint("image/compressed", "sensor_msgs/CompressedImage", "in", "as `image`",
                          "With `compressed_input:=true`: png/jpeg frames.")
-MASK = Endpoint("~/mask", "sensor_msgs/Image", "out", "best effort, depth 1",
+MASK = Endpoint("~/mask", "sensor_msgs/Image", "out", "reliable, depth 1; `qos_overrides`",
                 "Class id per pixel at input resolution: mono8, 255 = unlabeled (mono16, 65535 = unlabeled, "
                 "if > 255 classes).")
-MASK_COLOR = Endpoint("~/mask_color", "sensor_msgs/Image", "out", "best effort, depth 1",
+MASK_COLOR = Endpoint("~/mask_color", "sensor_msgs/Image", "out", "reliable, depth 1; `qos_overrides`",
                       "rgb8: the class palette of `~/mask`.")
-OVERLAY = Endpoint("~/overlay", "sensor_msgs/Image", "out", "best effort, depth 1",
+OVERLAY = Endpoint("~/overlay", "sensor_msgs/Image", "out", "reliable, depth 1; `qos_overrides`",
                    "rgb8: the image blended with the palette (`overlay_alpha`).")
-CLUSTERS = Endpoint("~/clusters", "sensor_msgs/Image", "out", "best effort, depth 1",
+CLUSTERS = Endpoint("~/clusters", "sensor_msgs/Image", "out", "reliable, depth 1; `qos_overrides`",
                     "rgb8: the image with each merged-token cluster tinted (`cluster_alpha`), kept tokens untouched.")
 STATS = Endpoint("~/stats", f"{MSG_PACKAGE}/SegmentationStats", "out", "reliable, depth 10",
                  "One per processed frame: sizes, token counts, timings, drops, class pixel counts (below).")

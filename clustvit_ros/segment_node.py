@@ -155,11 +155,12 @@ class SegmentNode(Node):
         if p("compressed_input"):
             self.create_subscription(CompressedImage, api.COMPRESSED_IN.name, self._on_image, image_qos,
                                      qos_overriding_options=overrides)
-        out_qos = QoSProfile(**{**_qos_kwargs(qos_profile_sensor_data), "depth": 1})
-        self.pub_mask = self.create_publisher(Image, api.MASK.name, out_qos)
-        self.pub_mask_color = self.create_publisher(Image, api.MASK_COLOR.name, out_qos)
-        self.pub_overlay = self.create_publisher(Image, api.OVERLAY.name, out_qos)
-        self.pub_clusters = self.create_publisher(Image, api.CLUSTERS.name, out_qos)
+        # Reliable, depth 1: served to reliable (the tutorials' default) and best-effort subscribers alike,
+        # and never a queue of stale frames; `qos_overrides./segment_node/mask.publisher.*` change it.
+        out_qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_mask, self.pub_mask_color, self.pub_overlay, self.pub_clusters = (
+            self.create_publisher(Image, endpoint.name, out_qos, qos_overriding_options=overrides)
+            for endpoint in (api.MASK, api.MASK_COLOR, api.OVERLAY, api.CLUSTERS))
         self.pub_stats = self.create_publisher(SegmentationStats, api.STATS.name, 10)
         latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)

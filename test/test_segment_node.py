@@ -92,6 +92,9 @@ class Observer:
         reliable = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
         for name in IMAGE_OUTPUTS:
             self.node.create_subscription(Image, f"{NODE}/{name}", self._recorder(name), best_effort)
+        # a client as the ROS tutorials write one: reliable, depth 10 (the default QoS)
+        self.received["mask_default_qos"] = []
+        self.node.create_subscription(Image, f"{NODE}/mask", self._recorder("mask_default_qos"), 10)
         self.node.create_subscription(SegmentationStats, f"{NODE}/stats", self._recorder("stats"), reliable)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, reliable)
         inputs = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -259,6 +262,9 @@ def test_outputs_headers_and_stats(node):
         assert key(msg.header) == key(header), name
         assert (msg.width, msg.height) == (W, H), name
     assert key(stats.header) == key(header)
+    # the default-QoS (reliable) subscriber gets the very same mask (issue 12 measured 0 of 20 before)
+    node.wait(lambda: any(key(m.header) == key(header) for _, m in node.received["mask_default_qos"]),
+              what="the mask on a default-QoS (reliable, depth 10) subscription")
 
     assert out["mask"].encoding == "mono8"
     mask = pixels(out["mask"])
