@@ -20,9 +20,9 @@ _LAZY = {
     "regenerate": "merge", "unmerge_tokens": "merge",
     "ClustViT": "model", "ClustViTOutput": "model",
     "Segmenter": "predictor", "preprocess": "preprocessing",
-    "pseudo_clusters": "pseudo",
+    "pseudo_clusters": "pseudo", "load_pretrained_backbone": "pretrained",
     "build_model": "registry", "default_weights": "registry", "list_models": "registry", "load_config": "registry",
-    "load_timm_backbone": "weights", "load_weights": "weights", "read_checkpoint_config": "weights",
+    "load_weights": "weights", "read_checkpoint_config": "weights",
     "save_checkpoint": "weights",
 }
 

@@ -36,7 +36,8 @@ from .errors import ConfigError, cli_errors
 from .evaluate import evaluate
 from .pseudo import pseudo_clusters
 from .registry import build_model, load_config, parse_overrides
-from .weights import load_timm_backbone, restore_training_state, save_checkpoint, training_state
+from .pretrained import load_pretrained_backbone
+from .weights import restore_training_state, save_checkpoint, training_state
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -348,8 +349,7 @@ class Trainer:
         torch.manual_seed(s.seed)
         model = build_model(cfg)
         if cfg.pretrained:
-            load_timm_backbone(model, cfg.pretrained)
-            self.log(f"backbone initialized from {cfg.pretrained}")
+            self.log(load_pretrained_backbone(model, cfg.pretrained))
         elif self.is_main:
             self.log("no `pretrained:` checkpoint in the config: training from random initialization")
         model.to(self.device).train()

@@ -204,26 +204,12 @@ def timm_to_backbone(state_dict: dict[str, Tensor], backbone: nn.Module) -> dict
     out = {k: v for k, v in sd.items() if k in own or k == "pos_embed"}
     unused = sorted(k for k in sd if k not in out and not k.startswith(("head.", "fc_norm.", "head_drop.")))
     if unused:
-        raise WeightsError(f"timm checkpoint has keys this backbone lacks (e.g. {unused[:3]}): is it a ViT with patch 16 and a CLS token?")
+        raise WeightsError(f"timm checkpoint has keys this backbone lacks (e.g. {unused[:3]}): is it a plain ViT with a CLS token?")
     out["pos_embed"] = resize_pos_embed(out["pos_embed"], tuple(backbone.grid))
     for key, value in out.items():
         if value.shape != own[key].shape:
             raise WeightsError(f"timm checkpoint {key} has shape {tuple(value.shape)}, backbone expects {tuple(own[key].shape)}: pick the matching backbone size")
     return out
-
-
-def load_timm_backbone(model: nn.Module, path: str | os.PathLike) -> None:
-    """Initialize `model.backbone` from a local timm ViT checkpoint (e.g. vit_small_patch16_384).
-
-    The Cluster module, the Regenerator and the head keep their initialization.
-    """
-    sd = read_state_dict(path, what="pretrained (timm) checkpoint")
-    if not is_timm_vit(sd):
-        raise WeightsError(f"{path}: not a timm VisionTransformer checkpoint (no blocks.0.attn.qkv.weight / pos_embed)")
-    missing, _ = model.backbone.load_state_dict(timm_to_backbone(sd, model.backbone), strict=False)
-    bad = [k for k in missing if not k.startswith(("cluster_mlp.", "regenerator."))]
-    if bad:
-        raise WeightsError(f"{path}: timm checkpoint lacks backbone weights {bad[:3]}")
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:

@@ -30,7 +30,7 @@ def test_timm_checkpoint_loads_with_pos_embed_interpolation(tmp_path):
     timm_vit = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, embed_dim=64, depth=4, num_heads=2, num_classes=10)
     torch.save(timm_vit.state_dict(), tmp_path / "vit.pth")
     model = tiny_model().eval()  # 64x64: a 4x4 grid, the checkpoint has 2x2
-    cc.load_timm_backbone(model, tmp_path / "vit.pth")
+    cc.load_pretrained_backbone(model, tmp_path / "vit.pth")
     assert model.backbone.pos_embed.shape == (1, 17, 64)
 
     # timm's own model at 64x64 with the same resampling must give the same features on the kept path
@@ -50,7 +50,7 @@ def test_timm_checkpoint_of_wrong_size_is_a_clear_error(tmp_path):
     timm_vit = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, embed_dim=96, depth=4, num_heads=2)
     torch.save(timm_vit.state_dict(), tmp_path / "vit.pth")
     with pytest.raises(cc.WeightsError, match="matching backbone size"):
-        cc.load_timm_backbone(tiny_model(), tmp_path / "vit.pth")
+        cc.load_pretrained_backbone(tiny_model(), tmp_path / "vit.pth")
 
 
 def test_missing_and_corrupt_weights_files(tmp_path):
