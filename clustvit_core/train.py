@@ -61,6 +61,9 @@ class TrainSettings:
     ohem_thresh: float | None = None  # online hard example mining: keep pixels whose true-class probability < this
     ohem_min_kept: int = 100000  # ... but at least this many pixels per batch (mmseg's OHEMPixelSampler)
     aux_weight: float = 0.1
+    crop_size: int | None = None  # training crop side; default: img_size (its short side if [h, w]). Images are first
+    # resized towards the img_size short side (times a ratio in `scale`), so crop_size < img_size trains on crops of
+    # images at the resolution the model is evaluated at.
     scale: tuple[float, float] = (0.5, 2.0)
     cat_max_ratio: float = 0.75
     seed: int = 0
@@ -81,6 +84,8 @@ class TrainSettings:
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ConfigError(f"{key}={value!r}: must be a number")
+        if self.crop_size is not None and (not isinstance(self.crop_size, int) or self.crop_size < 1):
+            raise ConfigError(f"crop_size={self.crop_size!r}: must be a positive integer (pixels) or null")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ConfigError(f"num_workers={self.num_workers!r}: must be an integer >= 0")
         if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
@@ -374,7 +379,9 @@ class Trainer:
             raise ConfigError(f"dataset {cfg.dataset!r} has no training images")
         val_set = build_dataset(cfg.dataset, "val", root=self.data_root) if self.is_main else None
         class_weight = self._class_weight(train_set)
-        transform = TrainTransform(cfg.img_size, cfg.mean, cfg.std, scale=s.scale, cat_max_ratio=s.cat_max_ratio)
+        base = min(cfg.data.input_size)
+        transform = TrainTransform(s.crop_size or base, cfg.mean, cfg.std, scale=s.scale, cat_max_ratio=s.cat_max_ratio,
+                                   base_size=base)
         stream = SampleStream(train_set, transform, s.seed)
         loader = torch.utils.data.DataLoader(
             stream, batch_sampler=StreamBatches(s.batch_size, start, s.iters, self.rank, self.world),

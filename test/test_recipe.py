@@ -87,3 +87,24 @@ def test_tiny_adamw_weighted_ohem_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(["synthetic_agri_k3_ip3", "--work-dir", str(tmp_path / "b"), "--iters", "2", "class_weights=[1, 2]", *tiny])
     assert "class_weights lists 2 weights for 3 classes" in capsys.readouterr().err
+
+
+def test_crops_of_a_higher_resolution_image():
+    """base_size > size: crops come from the image resized towards base_size (objects stay larger)."""
+    from clustvit_core.data.transforms import TrainTransform
+
+    cells = (np.indices((256, 256)) // 32).sum(0) % 2  # 32-px checkerboard
+    labels = cells.astype(np.uint8)
+    image = np.repeat(labels[..., None] * 200, 3, axis=2).astype(np.uint8)
+
+    def cell_side(**kwargs):
+        t = TrainTransform(64, [0, 0, 0], [1, 1, 1], scale=(1.0, 1.0), cat_max_ratio=1.0, flip=False, photometric=False, **kwargs)
+        _, out = t(image, labels, seed=0)
+        row = out[0].numpy()
+        runs = np.diff(np.flatnonzero(np.diff(row) != 0))
+        return int(np.median(runs))
+
+    assert cell_side() == 8 and cell_side(base_size=128) == 16
+    assert TrainSettings(crop_size=392).crop_size == 392
+    with pytest.raises(ConfigError, match="crop_size=0"):
+        TrainSettings(crop_size=0)

@@ -127,9 +127,11 @@ class TrainTransform:
 
     Args:
         size: crop side in pixels; outputs are size x size.
+        base_size: the short side the resize aims at before the random ratio (default `size`): a base
+            larger than the crop trains on crops of a higher-resolution image (small objects stay visible).
         mean, std: RGB normalization on the 0-255 scale (the model config's `mean`/`std`).
         scale: (low, high) range of the random resize ratio; the image is scaled, keeping its aspect
-            ratio, to fit (4 * size, size) * ratio (mmseg RandomResize scale=(2048, 512) for 512).
+            ratio, to fit (4 * base_size, base_size) * ratio (mmseg RandomResize scale=(2048, 512) for 512).
         cat_max_ratio: re-draw a crop (up to 10 times) in which one class covers >= this share of the
             labelled pixels; 1.0 disables the check.
         ignore_index: label of unlabelled pixels; also the label of padding.
@@ -148,9 +150,11 @@ class TrainTransform:
     """
 
     def __init__(self, size: int, mean, std, scale=(0.5, 2.0), cat_max_ratio=0.75, ignore_index=IGNORE_INDEX,
-                 flip=True, photometric=True):
+                 flip=True, photometric=True, base_size: int | None = None):
         if not isinstance(size, int) or size < 1:
             raise ConfigError(f"TrainTransform: size must be a positive int, got {size!r}")
+        if base_size is not None and (not isinstance(base_size, int) or base_size < 1):
+            raise ConfigError(f"TrainTransform: base_size must be a positive int, got {base_size!r}")
         lo, hi = (float(v) for v in scale)
         if not 0 < lo <= hi:
             raise ConfigError(f"TrainTransform: scale=(low, high) needs 0 < low <= high, got {tuple(scale)}")
@@ -160,6 +164,7 @@ class TrainTransform:
             raise ConfigError(f"TrainTransform: ignore_index must lie in 0..255, got {ignore_index}")
         _check_stats(mean, std, "TrainTransform")
         self.size = size
+        self.base_size = base_size or size
         self.mean, self.std = [float(v) for v in mean], [float(v) for v in std]
         self.scale = (lo, hi)
         self.cat_max_ratio = float(cat_max_ratio)
@@ -168,7 +173,7 @@ class TrainTransform:
         self.photometric = bool(photometric)
 
     def __repr__(self) -> str:
-        return (f"TrainTransform(size={self.size}, scale={self.scale}, cat_max_ratio={self.cat_max_ratio}, "
+        return (f"TrainTransform(size={self.size}, base_size={self.base_size}, scale={self.scale}, cat_max_ratio={self.cat_max_ratio}, "
                 f"flip={self.flip}, photometric={self.photometric})")
 
     def __call__(self, image: np.ndarray, labels: np.ndarray, seed: int) -> tuple[Tensor, Tensor]:
@@ -177,7 +182,7 @@ class TrainTransform:
 
         # Random resize, keeping the aspect ratio (mmseg RandomResize + Resize(keep_ratio=True)).
         ratio = geometry.uniform(*self.scale)
-        long_edge, short_edge = int(4 * self.size * ratio), int(self.size * ratio)
+        long_edge, short_edge = int(4 * self.base_size * ratio), int(self.base_size * ratio)
         h, w = rescale_shape(*labels.shape, long_edge, short_edge)
         if (h, w) != labels.shape:
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
