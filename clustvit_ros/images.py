@@ -41,16 +41,15 @@ class FrameError(InputError):
     """An image message that cannot be decoded; str() is the reason, one line."""
 
 
-def check_image(msg) -> None:
+def check_image(msg, max_pixels: int | None = None) -> None:
     """Raise FrameError if a sensor_msgs/Image cannot be decoded: unsupported encoding, zero or huge
-    size, a row step shorter than a row, or a data length that is not step * height."""
+    size (more than `max_pixels`), a row step shorter than a row, or a data length that is not step * height."""
     encoding = ENCODINGS.get(msg.encoding)
     if encoding is None:
         raise FrameError(f"unsupported encoding {msg.encoding!r} (supported: {', '.join(ENCODINGS)})")
     if msg.width == 0 or msg.height == 0:
         raise FrameError(f"empty image ({msg.width}x{msg.height})")
-    if max(msg.width, msg.height) > MAX_SIDE:
-        raise FrameError(f"image of {msg.width}x{msg.height} pixels exceeds {MAX_SIDE} per side")
+    check_pixels(msg.width, msg.height, max_pixels)
     if msg.step < msg.width * encoding.pixel_bytes:
         raise FrameError(f"step {msg.step} < width {msg.width} x {encoding.pixel_bytes} bytes ({msg.encoding})")
     if len(msg.data) != msg.step * msg.height:
@@ -58,19 +57,69 @@ def check_image(msg) -> None:
                          f"= {msg.step * msg.height}")
 
 
+def check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    """FrameError if width x height exceeds `max_pixels` (None: no limit beyond MAX_SIDE)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise FrameError(f"image of {width}x{height} = {width * height} pixels exceeds max_input_pixels={max_pixels}: "
+                         "send smaller frames or raise the parameter")
+    if max(width, height) > MAX_SIDE:
+        raise FrameError(f"image of {width}x{height} pixels exceeds {MAX_SIDE} per side")
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (SOF0..SOF15 but DHT C4, JPG C8, DAC CC): height and width follow.
+JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def compressed_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from a PNG (IHDR) or JPEG (SOF) header without decoding; None if neither."""
+    data = bytes(data[:65536]) if len(data) > 65536 else bytes(data)
+    if data.startswith(PNG_SIGNATURE) and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 <= len(data):  # walk the marker segments up to the frame header
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in JPEG_SOF:
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def check_compressed(msg, max_pixels: int | None = None) -> None:
+    """Raise FrameError for a CompressedImage that is empty, not PNG/JPEG, or larger than `max_pixels`
+    by its header: a decompression bomb is refused before any pixel is allocated."""
+    if len(msg.data) == 0:
+        raise FrameError("empty compressed image")
+    size = compressed_dimensions(msg.data)
+    if size is None:
+        raise FrameError(f"could not decode compressed image: neither PNG nor JPEG (format {msg.format!r}), or its header is cut short")
+    check_pixels(*size, max_pixels)
+
+
 def is_compressed(msg) -> bool:
     """True for a sensor_msgs/CompressedImage (it has `format`), False for an Image."""
     return hasattr(msg, "format")
 
 
-def decode_image(msg) -> np.ndarray:
+def decode_image(msg, max_pixels: int | None = None) -> np.ndarray:
     """An Image or CompressedImage as a new array of its values: [H, W] uint8 (mono8) or uint16 (mono16,
-    e.g. the node's mask for > 255 classes), RGB uint8 [H, W, 3] for colour. Raises FrameError."""
-    return _decode_compressed(msg) if is_compressed(msg) else _decode_raw(msg)
+    e.g. the node's mask for > 255 classes), RGB uint8 [H, W, 3] for colour. Frames of more than
+    `max_pixels` are refused before decoding. Raises FrameError."""
+    return _decode_compressed(msg, max_pixels) if is_compressed(msg) else _decode_raw(msg, max_pixels)
 
 
-def _decode_raw(msg) -> np.ndarray:
-    check_image(msg)
+def _decode_raw(msg, max_pixels: int | None = None) -> np.ndarray:
+    check_image(msg, max_pixels)
     encoding = ENCODINGS[msg.encoding]
     h, w = msg.height, msg.width
     rows = np.frombuffer(msg.data, np.uint8).reshape(h, msg.step)[:, : w * encoding.pixel_bytes]
@@ -82,9 +131,8 @@ def _decode_raw(msg) -> np.ndarray:
     return np.ascontiguousarray(pixels[..., ::-1] if msg.encoding.startswith("bgr") else pixels)
 
 
-def _decode_compressed(msg) -> np.ndarray:
-    if len(msg.data) == 0:
-        raise FrameError("empty compressed image")
+def _decode_compressed(msg, max_pixels: int | None = None) -> np.ndarray:
+    check_compressed(msg, max_pixels)
     image = cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise FrameError(f"could not decode compressed image (format {msg.format!r})")
@@ -111,9 +159,9 @@ def to_rgb(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def image_to_rgb(msg) -> np.ndarray:
+def image_to_rgb(msg, max_pixels: int | None = None) -> np.ndarray:
     """An Image or CompressedImage as RGB uint8 [H, W, 3] (a new array). Raises FrameError."""
-    return to_rgb(decode_image(msg))
+    return to_rgb(decode_image(msg, max_pixels))
 
 
 @functools.cache

@@ -37,7 +37,7 @@ from clustvit_core.errors import ClustViTError
 from clustvit_core.predictor import Segmentation, Segmenter
 from clustvit_core.visualize import cluster_overlay, colorize
 from clustvit_ros import interface as api
-from clustvit_ros.images import FrameError, array_to_image, check_image, image_to_rgb
+from clustvit_ros.images import FrameError, array_to_image, check_compressed, check_image, image_to_rgb
 from clustvit_ros.interface import NODE_NAME
 from clustvit_ros.params import PARAMETERS, Param, check_value
 
@@ -210,12 +210,15 @@ class SegmentNode(Node):
         if not enabled:
             self.counters.add("skipped")
             return
-        if isinstance(msg, Image):
-            try:
-                check_image(msg)  # cheap checks here, so a bad frame never displaces a good one
-            except FrameError as exc:
-                self._reject(exc)
-                return
+        try:  # cheap checks here, so a bad frame never displaces a good one
+            max_pixels = int(self._param("max_input_pixels"))
+            if isinstance(msg, Image):
+                check_image(msg, max_pixels)
+            else:
+                check_compressed(msg, max_pixels)
+        except FrameError as exc:
+            self._reject(exc)
+            return
         if self.slot.put(Frame(msg, received)):
             self.counters.add("dropped")
 
@@ -259,7 +262,7 @@ class SegmentNode(Node):
 
     def _process(self, frame: Frame) -> None:
         msg = frame.msg
-        image = image_to_rgb(msg)
+        image = image_to_rgb(msg, int(self._param("max_input_pixels")))
         keep_bias = float(self._param("keep_bias"))
         result = self.segmenter(image, keep_bias=keep_bias)
         t_post = time.perf_counter()

@@ -303,3 +303,44 @@ def test_array_to_image_mono8_and_mono16_labels():
 def test_array_to_image_non_contiguous_input(rgb):
     view = rgb[::2, ::3]  # strided view: must be copied, not misread
     np.testing.assert_array_equal(image_to_rgb(array_to_image(view, "rgb8")), view)
+
+
+# ------------------------------------------------------------------ bounded input (issue 12)
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk announcing width x height, followed by junk (no valid pixels)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+            + b"\x00" * 1000)
+
+
+def test_compressed_dimensions_read_from_headers():
+    from clustvit_ros.images import compressed_dimensions
+
+    image = np.zeros((37, 53, 3), np.uint8)
+    for ext in (".png", ".jpg"):
+        ok, data = cv2.imencode(ext, image)
+        assert ok and compressed_dimensions(data.tobytes()) == (53, 37), ext
+    assert compressed_dimensions(_png_header(20000, 20000)) == (20000, 20000)
+    assert compressed_dimensions(b"GIF89a....") is None and compressed_dimensions(b"\xff\xd8\xff") is None
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    import time
+
+    from clustvit_ros.images import FrameError, check_compressed, decode_image
+
+    class Msg:
+        format = "png"
+        data = _png_header(20000, 20000)
+
+    start = time.perf_counter()
+    with pytest.raises(FrameError, match="20000x20000 = 400000000 pixels exceeds max_input_pixels=16777216"):
+        decode_image(Msg(), max_pixels=4096 * 4096)
+    assert time.perf_counter() - start < 0.1
+    with pytest.raises(FrameError, match="neither PNG nor JPEG"):
+        check_compressed(type("M", (), {"format": "gif", "data": b"GIF89a" + b"\0" * 20})())

@@ -474,6 +474,28 @@ def test_malformed_frames_are_rejected_and_the_node_keeps_running(node):
     assert "rejected a frame" in node.output()
 
 
+def test_decompression_bomb_is_rejected_from_its_header(node):
+    """A PNG announcing 20000 x 20000 pixels (issue 12: 9.1 GB and 16 s without a frame) is rejected by its
+    header: the node's memory stays flat and the next small frame is processed at once."""
+    from test_images import _png_header
+
+    def rss_mb() -> float:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{node.proc.pid}/status").read_text().splitlines())
+        return int(fields["VmRSS"].split()[0]) / 1024
+
+    before, rss_before = node.counters(), rss_mb()
+    for _ in range(2):
+        msg = CompressedImage(format="png")
+        msg.data = _png_header(20000, 20000)
+        node.send_raw(msg)
+    node.wait(lambda: node.latest_counters()["rejected"] >= before["rejected"] + 1, 10.0, "rejection of the bomb")
+    sent = time.monotonic()
+    stats = node.stats(node.send(scene(8)), timeout=10.0)
+    assert time.monotonic() - sent < 10.0
+    assert stats.frames_rejected >= 1 and stats.frames_rejected + stats.frames_dropped == 2  # one may be overwritten in the queue
+    assert rss_mb() < rss_before + 200, (rss_before, rss_mb())
+
+
 def test_publish_switch_stops_an_output(node):
     headers = []
     try:
