@@ -61,6 +61,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param("compressed_input", False,
           "Also subscribe to image/compressed (sensor_msgs/CompressedImage, png/jpeg)."),
     Param("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", range=(0.05, 60.0)),
+    Param("stale_timeout", 2.0, "/diagnostics turns WARN when no frame arrived for this many seconds after frames "
+          "had been arriving.", live=True, range=(0.1, 3600.0)),
     Param("max_input_pixels", 4096 * 4096,
           "Frames with more pixels (compressed ones judged by their PNG/JPEG header, before decoding) are rejected.",
           live=True, range=(1, 2**31 - 1)),

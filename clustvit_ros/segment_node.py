@@ -148,6 +148,7 @@ class SegmentNode(Node):
         self.recent: deque[tuple[float, float, int]] = deque(maxlen=RATE_WINDOW)  # (done time, total ms, tokens)
         self.last_error = ""  # the latest inference failure, with its time (for /diagnostics)
         self.last_error_time = self.last_rejected_time = -float("inf")
+        self.last_frame_time: float | None = None  # of the last frame that reached the callback
 
         image_qos = QoSProfile(**{**_qos_kwargs(qos_profile_sensor_data), "depth": 1})
         overrides = QoSOverridingOptions.with_default_policies()
@@ -201,6 +202,7 @@ class SegmentNode(Node):
 
     def _on_image(self, msg, info) -> None:  # two parameters: rclpy then passes the MessageInfo
         received = time.perf_counter()
+        self.last_frame_time = received
         self.counters.add("received")
         missed = self._missed_before(info)
         enabled = self._param("enable")
@@ -339,6 +341,9 @@ class SegmentNode(Node):
         elif now - self.last_rejected_time < STATUS_HOLD_S:
             status.level = DiagnosticStatus.WARN
             status.message = f"malformed frames rejected ({total['rejected']} in all; see the node's log)"
+        elif self.last_frame_time is not None and now - self.last_frame_time > float(self._param("stale_timeout")):
+            status.level = DiagnosticStatus.WARN
+            status.message = f"stale input: no frame on {self._input_topic()} for {now - self.last_frame_time:.1f} s"
         else:
             status.level, status.message = DiagnosticStatus.OK, "running" if fresh else "waiting for images"
         values = {

@@ -225,7 +225,8 @@ def node(tmp_path_factory):
     env = fresh_env(tmp / "ros_log")
     log_file = tmp / "node_output.txt"
     with open(log_file, "w") as out:
-        proc = start_ros_process(NODE_CMD + ["-p", "diagnostics_period:=0.2", "-p", "compressed_input:=true"],
+        proc = start_ros_process(NODE_CMD + ["-p", "diagnostics_period:=0.2", "-p", "compressed_input:=true",
+                                             "-p", "stale_timeout:=3600.0"],  # test_stale_input sets it low
                                  env, stdout=out, stderr=subprocess.STDOUT)
     try:
         with rclpy_context(env) as ctx:
@@ -494,6 +495,19 @@ def test_decompression_bomb_is_rejected_from_its_header(node):
     assert time.monotonic() - sent < 10.0
     assert stats.frames_rejected >= 1 and stats.frames_rejected + stats.frames_dropped == 2  # one may be overwritten in the queue
     assert rss_mb() < rss_before + 200, (rss_before, rss_mb())
+
+
+def test_stale_input_turns_diagnostics_warn(node):
+    node.stats(node.send(scene(9)))
+    try:
+        node.set_ok(stale_timeout=0.5)
+        node.wait(lambda: "stale input" in node.received["diagnostics"][-1][1].message, 10.0, "a stale-input WARN")
+        status = node.received["diagnostics"][-1][1]
+        assert status.level == DiagnosticStatus.WARN and "/image" in status.message
+        node.stats(node.send(scene(9)))  # frames again: the WARN goes
+        node.wait(lambda: node.received["diagnostics"][-1][1].level == DiagnosticStatus.OK, 5.0, "OK again")
+    finally:
+        node.set_ok(stale_timeout=3600.0)
 
 
 def test_publish_switch_stops_an_output(node):
