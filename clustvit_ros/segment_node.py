@@ -257,6 +257,8 @@ class SegmentNode(Node):
             except FrameError as exc:
                 self._reject(exc)
             except Exception as exc:  # noqa: BLE001 - a running node survives any bad frame
+                if not self.context.ok():  # SIGINT/SIGTERM shut the context down under this frame: a requested stop
+                    return
                 self.counters.add("failed")
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.last_error_time = time.perf_counter()

@@ -573,11 +573,17 @@ def test_big_endian_mono16_frame_is_segmented(node):
 
 
 def test_sigint_stops_the_node_cleanly(node):
-    """Last test of the shared node: SIGINT (what stop_ros_process sends) -> exit 0, no traceback."""
+    """Last test of the shared node: SIGINT (what stop_ros_process sends) while frames are being
+    segmented -> exit 0, no traceback, no ERROR (issue 12: 'inference failed: ... context is invalid')."""
+    before = len(node.output())
+    for seed in range(6):
+        node.send(scene(seed))
+        time.sleep(0.02)
     code, _ = stop_ros_process(node.proc, timeout=15.0)
     out = node.output()
     assert code == 0, out
     assert "Traceback" not in out, out
+    assert "ERROR" not in out[before:], out[before:]
 
 
 # ----------------------------------------------------------------------------- processes of their own
