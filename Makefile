@@ -18,7 +18,7 @@ $(STAMP): requirements.txt
 # ROS 2 from the registry's wheels + our two ROS packages (clustvit_msgs, clustvit_ros) built into the same
 # venv (no ROS apt install). The venv imports clustvit_ros / clustvit_core from this working tree, so
 # only build files and messages need a rebuild.
-ROS_SOURCES := $(wildcard clustvit_msgs/msg/*.msg) $(foreach p,clustvit_msgs clustvit_ros,$(p)/CMakeLists.txt $(p)/package.xml)
+ROS_SOURCES := $(wildcard clustvit_msgs/msg/*.msg ros/vision_msgs/msg/*.msg) $(foreach p,clustvit_msgs clustvit_ros ros/vision_msgs,$(p)/CMakeLists.txt $(p)/package.xml)
 $(ROS_STAMP): $(STAMP) requirements-ros.txt $(ROS_SOURCES) cmake/entry_point.py.in scripts/ros_setup.sh
 	bash scripts/ros_setup.sh $(VENV)
 	touch $(ROS_STAMP)

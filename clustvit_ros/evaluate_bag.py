@@ -258,7 +258,7 @@ def _run(env, bag, topic, node: NodeProcess, labels, save_stamps, save_dir, rate
     from rclpy.signals import SignalHandlerOptions
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image
-    from std_msgs.msg import String
+    from vision_msgs.msg import LabelInfo
 
     from clustvit_msgs.msg import SegmentationStats
     from clustvit_ros.replay import BagReplay
@@ -277,8 +277,8 @@ def _run(env, bag, topic, node: NodeProcess, labels, save_stamps, save_dir, rate
         info: dict = {}
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        observer.create_subscription(String, prefix + api.LABEL_INFO.name[2:],
-                                     lambda m: info.update(json.loads(m.data)), latched)
+        observer.create_subscription(LabelInfo, prefix + api.LABEL_INFO.name[2:],
+                                     lambda m: info.update(class_names=label_names(m)), latched)
         observer.create_subscription(SegmentationStats, prefix + api.STATS.name[2:],
                                      lambda m: collected.stats.append((time.monotonic(), m)), 100)
 
@@ -353,6 +353,12 @@ def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc="frames processed", unit="frame", disable=not enabled, leave=False)
+
+
+def label_names(msg) -> list[str]:
+    """Class names by id from a vision_msgs/LabelInfo (ids 0..n-1; the UNLABELED entry left out)."""
+    names = {c.class_id: c.class_name for c in msg.class_map if c.class_name != "UNLABELED"}
+    return [names[i] for i in range(len(names))]
 
 
 def _score(msg, labels: dict, info: dict, collected: Collected) -> None:

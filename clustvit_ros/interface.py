@@ -46,8 +46,9 @@ CLUSTERS = Endpoint("~/clusters", "sensor_msgs/Image", "out", "reliable, depth 1
                     "rgb8: the image with each merged-token cluster tinted (`cluster_alpha`), kept tokens untouched.")
 STATS = Endpoint("~/stats", f"{MSG_PACKAGE}/SegmentationStats", "out", "reliable, depth 10",
                  "One per processed frame: sizes, token counts, timings, drops, class pixel counts (below).")
-LABEL_INFO = Endpoint("~/label_info", "std_msgs/String", "out", "reliable, transient local (latched)",
-                      'JSON: `{"model", "class_names", "palette", "mask_encoding", "unlabeled_id"}`.')
+LABEL_INFO = Endpoint("~/label_info", "vision_msgs/LabelInfo", "out", "reliable, transient local (latched)",
+                      "Class id -> name (`class_map`), plus 255 (mono8) / 65535 (mono16) = UNLABELED; threshold 0. "
+                      "The Nav2 / vision_msgs segmentation contract.")
 DIAGNOSTICS = Endpoint("/diagnostics", "diagnostic_msgs/DiagnosticArray", "out", "reliable, depth 10",
                        "Every `diagnostics_period` s: rate, latency, tokens, frame counters, device, errors.")
 ENABLE = Endpoint("~/enable", "std_srvs/SetBool", "service", "",

@@ -9,7 +9,6 @@ dropped), so the node never builds a backlog. Topics, parameters and message fie
 """
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -30,7 +29,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import String
+from vision_msgs.msg import LabelInfo, VisionClass
 from std_srvs.srv import SetBool
 
 from clustvit_core.errors import ClustViTError
@@ -165,8 +164,8 @@ class SegmentNode(Node):
         self.pub_stats = self.create_publisher(SegmentationStats, api.STATS.name, 10)
         latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.pub_label_info = self.create_publisher(String, api.LABEL_INFO.name, latched)
-        self.pub_label_info.publish(String(data=json.dumps(self.label_info())))
+        self.pub_label_info = self.create_publisher(LabelInfo, api.LABEL_INFO.name, latched)
+        self.pub_label_info.publish(self.label_info())
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, api.DIAGNOSTICS.name, 10)
         self.create_service(SetBool, api.ENABLE.name, self._on_enable)
         self.create_timer(p("diagnostics_period"), self._publish_diagnostics)
@@ -192,11 +191,15 @@ class SegmentNode(Node):
         response.message = "processing enabled" if request.data else "processing disabled"
         return response
 
-    def label_info(self) -> dict:
+    def label_info(self) -> LabelInfo:
+        """vision_msgs/LabelInfo: class id -> name, plus the mask type's largest id as UNLABELED (vision_msgs'
+        convention: 255 for mono8, 65535 for mono16 masks); no confidence threshold is applied (0)."""
         seg = self.segmenter
-        return {"model": seg.name, "class_names": seg.class_names, "palette": seg.palette.tolist(),
-                "mask_encoding": "mono8" if seg.label_dtype == np.uint8 else "mono16",
-                "unlabeled_id": UNLABELED[seg.label_dtype]}
+        classes = [VisionClass(class_id=i, class_name=name) for i, name in enumerate(seg.class_names)]
+        classes.append(VisionClass(class_id=UNLABELED[seg.label_dtype], class_name="UNLABELED"))
+        msg = LabelInfo(class_map=classes, threshold=0.0)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        return msg
 
     # ------------------------------------------------------------------ input
 

@@ -32,7 +32,14 @@ if command -v ninja >/dev/null 2>&1; then GENERATOR=Ninja
 elif command -v make >/dev/null 2>&1; then GENERATOR="Unix Makefiles"
 else die "neither 'ninja' nor 'make' found: install one (e.g. apt-get install make)"; fi
 
-PACKAGES=(clustvit_msgs clustvit_ros)  # in build order
+# In build order. vision_msgs (LabelInfo, VisionClass: what the node publishes on ~/label_info) comes from a
+# ROS install where there is one; from pip wheels there is none, so a wire-compatible stand-in
+# (ros/vision_msgs) is built into the venv.
+PACKAGES=(clustvit_msgs clustvit_ros)
+if ! "$PY" -c 'import vision_msgs.msg' >/dev/null 2>&1 || [ -f "$VENV/share/vision_msgs/clustvit_standin.xml" ]; then
+  PACKAGES=(vision_msgs "${PACKAGES[@]}")
+fi
+pkg_dir() { if [ "$1" = vision_msgs ]; then echo "$ROOT/ros/vision_msgs"; else echo "$ROOT/$1"; fi; }
 # One build folder per venv (the CMake caches hold the venv's interpreter and install prefix), with one
 # subfolder per package.
 VENV_KEY=$(printf '%s' "$VENV" | sha256sum | cut -c1-8)
@@ -53,8 +60,8 @@ run() {
 state_hash() {
   {
     printf '%s\n' "$VENV" "$("$PY" -c 'import sys; print(sys.version)' 2>&1)"
-    (cd "$ROOT" && find clustvit_msgs -type f -name '*.msg' | LC_ALL=C sort | xargs sha256sum)
-    for pkg in "${PACKAGES[@]}"; do (cd "$ROOT" && sha256sum "$pkg/CMakeLists.txt" "$pkg/package.xml"); done
+    (cd "$ROOT" && find clustvit_msgs ros -type f -name '*.msg' | LC_ALL=C sort | xargs sha256sum)
+    for pkg in "${PACKAGES[@]}"; do (cd "$(pkg_dir "$pkg")" && sha256sum CMakeLists.txt package.xml); done
     (cd "$ROOT" && sha256sum requirements.txt requirements-ros.txt scripts/ros_setup.sh)
   } | sha256sum | cut -c1-64
 }
@@ -67,11 +74,13 @@ import pathlib
 import sys
 
 from clustvit_msgs.msg import SegmentationStats
+from vision_msgs.msg import LabelInfo, VisionClass
 
 import clustvit_core
 import clustvit_ros
 
 SegmentationStats()
+LabelInfo(class_map=[VisionClass(class_id=0, class_name="x")])
 root = pathlib.Path(sys.argv[1]).resolve()
 for module in (clustvit_core, clustvit_ros):
     if pathlib.Path(module.__file__).resolve().parent.parent != root:
@@ -152,7 +161,7 @@ PYEOF
   for pkg in "${PACKAGES[@]}"; do
     options=()
     [ "$pkg" != clustvit_ros ] || options=(-DCLUSTVIT_DEVELOP=ON)  # the venv imports the source tree
-    run "cmake configure of $pkg" cmake -S "$ROOT/$pkg" -B "$BUILD/$pkg" -G "$GENERATOR" \
+    run "cmake configure of $pkg" cmake -S "$(pkg_dir "$pkg")" -B "$BUILD/$pkg" -G "$GENERATOR" \
       -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_PREFIX_PATH="$VENV" \
       -DCMAKE_INSTALL_PREFIX="$VENV" \

@@ -225,3 +225,20 @@ if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "publish":
         sys.exit("usage: test_ros_msgs.py publish TOPIC")
     sys.exit(_publish(sys.argv[2]))
+
+
+def test_vision_msgs_label_info_round_trip():
+    """~/label_info's type: vision_msgs/msg/LabelInfo with the real package's fields (a ROS install's, or
+    the stand-in ros/vision_msgs that scripts/ros_setup.sh builds where none is installed)."""
+    vision_msgs = pytest.importorskip("vision_msgs.msg", reason="vision_msgs not built (scripts/ros_setup.sh VENV)")
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    LabelInfo, VisionClass = vision_msgs.LabelInfo, vision_msgs.VisionClass
+    assert LabelInfo.get_fields_and_field_types() == {
+        "header": "std_msgs/Header", "class_map": "sequence<vision_msgs/VisionClass>", "threshold": "float"}
+    assert VisionClass.get_fields_and_field_types() == {"class_id": "uint16", "class_name": "string"}
+    m = LabelInfo(class_map=[VisionClass(class_id=0, class_name="soil"), VisionClass(class_id=65535, class_name="UNLABELED")],
+                  threshold=0.5)
+    m.header.frame_id = "camera"
+    back = deserialize_message(serialize_message(m), LabelInfo)
+    assert back == m and back.class_map[1].class_id == 65535

@@ -7,7 +7,6 @@ Most tests share one node process (module fixture `node`), in the order of this 
 change its parameters restore them. Tests that need a process of their own start it themselves.
 Needs the ROS build (scripts/ros_setup.sh VENV); skips without it.
 """
-import json
 import signal
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
+from vision_msgs.msg import LabelInfo  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 
 from clustvit_core.data.synthetic import make_scene  # noqa: E402
@@ -355,16 +354,14 @@ def test_label_info_reaches_a_late_subscriber(node):
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
     got = []
-    sub = node.node.create_subscription(String, f"{NODE}/label_info", got.append, latched)
+    sub = node.node.create_subscription(LabelInfo, f"{NODE}/label_info", got.append, latched)
     try:
-        node.wait(lambda: got, 10.0, "the latched ~/label_info")
+        node.wait(lambda: got, 10.0, "the latched ~/label_info (vision_msgs/msg/LabelInfo)")
     finally:
         node.node.destroy_subscription(sub)
-    info = json.loads(got[0].data)
-    assert info["model"] == "synthetic_agri_k3_ip3"
-    assert info["class_names"] == CLASS_NAMES
-    assert info["palette"] == PALETTE.tolist()
-    assert info["mask_encoding"] == "mono8" and info["unlabeled_id"] == 255
+    classes = [(c.class_id, c.class_name) for c in got[0].class_map]
+    assert classes == [(0, "soil"), (1, "crop"), (2, "weed"), (255, "UNLABELED")]  # mono8 masks
+    assert got[0].threshold == 0.0
 
 
 def test_keep_bias_is_live(node):
@@ -679,8 +676,7 @@ def test_more_than_255_classes_publish_mono16_masks(tmp_path):
             info = []
             latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
-            obs.node.create_subscription(String, f"{NODE}/label_info", lambda m: info.append(json.loads(m.data)),
-                                         latched)
+            obs.node.create_subscription(LabelInfo, f"{NODE}/label_info", info.append, latched)
             obs.wait(lambda: obs.node.count_subscribers("/image") > 0 and info, START_TIMEOUT_S, "the node")
             image = scene(2)
             deadline = time.monotonic() + START_TIMEOUT_S
@@ -696,8 +692,8 @@ def test_more_than_255_classes_publish_mono16_masks(tmp_path):
     finally:
         if proc.poll() is None:
             stop_ros_process(proc)
-    assert info[0]["mask_encoding"] == "mono16" and info[0]["unlabeled_id"] == 65535
-    assert len(info[0]["class_names"]) == 300
+    ids = [c.class_id for c in info[0].class_map]
+    assert ids == [*range(300), 65535] and info[0].class_map[-1].class_name == "UNLABELED"  # mono16 masks
     assert mask.encoding == "mono16" and (mask.height, mask.width) == (H, W) and mask.step == 2 * W
     values = np.frombuffer(bytes(mask.data), ">u2" if mask.is_bigendian else "<u2")
     assert values.max() < 300
