@@ -23,18 +23,35 @@ from .preprocessing import preprocess, rescale_shape
 from .registry import build_model
 
 
-def labels_at(logits: Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Class ids [H, W] (int64 numpy) from logits [C, h, w]: bilinear upsampling (half-pixel centres,
-    as F.interpolate(align_corners=False)) to `size`, then argmax. On the CPU OpenCV does the resize
-    (several times faster than torch at camera resolutions for few classes)."""
+def _upsampled(logits: Tensor, size: tuple[int, int]) -> np.ndarray | Tensor:
+    """Logits [C, h, w] bilinearly upsampled (half-pixel centres, as F.interpolate(align_corners=False)) to
+    `size`: float32 numpy [H, W, C] on the CPU (OpenCV: several times faster than torch at camera
+    resolutions for few classes), a torch [C, H, W] tensor elsewhere."""
     H, W = size
     if logits.device.type == "cpu" and logits.shape[0] <= 512:
         hwc = np.ascontiguousarray(logits.float().permute(1, 2, 0).numpy())
         if hwc.shape[:2] != (H, W):
             hwc = cv2.resize(hwc, (W, H), interpolation=cv2.INTER_LINEAR)
-        return hwc.reshape(H, W, -1).argmax(2)
-    up = F.interpolate(logits[None].float(), size=(H, W), mode="bilinear", align_corners=False)
-    return up[0].argmax(0).cpu().numpy()
+        return hwc.reshape(H, W, -1)
+    return F.interpolate(logits[None].float(), size=(H, W), mode="bilinear", align_corners=False)[0]
+
+
+def labels_at(logits: Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Class ids [H, W] (int64 numpy) from logits [C, h, w]: bilinear upsampling to `size`, then argmax."""
+    up = _upsampled(logits, size)
+    return up.argmax(2) if isinstance(up, np.ndarray) else up.argmax(0).cpu().numpy()
+
+
+def labels_and_confidence_at(logits: Tensor, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(class ids [H, W] int64, confidence [H, W] uint8): the argmax of the upsampled logits and its softmax
+    probability x 255 (rounded), e.g. for a ROS confidence image."""
+    up = _upsampled(logits, size)
+    if isinstance(up, np.ndarray):
+        top = up.max(2, keepdims=True)
+        probability = 1.0 / np.exp(up - top).sum(2)
+        return up.argmax(2), np.rint(probability * 255).astype(np.uint8)
+    probability, labels = up.softmax(0).max(0)
+    return labels.cpu().numpy(), (probability * 255).round().to(torch.uint8).cpu().numpy()
 
 
 def slide_shape(h: int, w: int, size: int) -> tuple[int, int]:
@@ -154,6 +171,7 @@ class Segmentation:
     """One image's result from `Segmenter`.
 
     labels:        uint8 [H, W] class ids at input resolution (uint16 when the model has > 255 classes).
+    confidence:    uint8 [H, W], the winning class's softmax probability x 255, or None when not asked for.
     cluster_ids:   int64 [h/p, w/p] cluster of each patch token on the network grid (p = patch size; 0 = kept),
                    None for a plain ViT.
     class_pixels:  int64 [num_classes] pixels predicted as each class.
@@ -163,6 +181,7 @@ class Segmentation:
     """
 
     labels: np.ndarray
+    confidence: np.ndarray | None
     cluster_ids: np.ndarray | None
     class_pixels: np.ndarray
     patch_tokens: int
@@ -222,8 +241,9 @@ class Segmenter:
             torch.cuda.synchronize(self.device)
 
     @torch.inference_mode()
-    def __call__(self, image: np.ndarray, keep_bias: float = 0.0) -> Segmentation:
-        """Segment one RGB uint8 image [H, W, 3] (any size; resized to the network size and back)."""
+    def __call__(self, image: np.ndarray, keep_bias: float = 0.0, confidence: bool = False) -> Segmentation:
+        """Segment one RGB uint8 image [H, W, 3] (any size; resized to the network size and back);
+        `confidence=True` also returns the per-pixel confidence image."""
         t0 = time.perf_counter()
         x = preprocess(image, self.size, self.mean, self.std).to(self.device, non_blocking=True)
         self._sync()
@@ -234,7 +254,11 @@ class Segmenter:
         self._sync()
         t2 = time.perf_counter()
         H, W = image.shape[:2]
-        labels = labels_at(out.logits[0], (H, W)).astype(self.label_dtype, copy=False)
+        if confidence:
+            labels, conf = labels_and_confidence_at(out.logits[0], (H, W))
+        else:
+            labels, conf = labels_at(out.logits[0], (H, W)), None
+        labels = labels.astype(self.label_dtype, copy=False)
         class_pixels = np.bincount(labels.ravel(), minlength=self.num_classes)[: self.num_classes]
         h, w = x.shape[-2:]
         patch_tokens = self.data.num_tokens((h, w))
@@ -246,7 +270,7 @@ class Segmenter:
             kept = int((cluster_ids == 0).sum())
         t3 = time.perf_counter()
         return Segmentation(
-            labels=labels, cluster_ids=cluster_ids, class_pixels=class_pixels, patch_tokens=patch_tokens,
+            labels=labels, confidence=conf, cluster_ids=cluster_ids, class_pixels=class_pixels, patch_tokens=patch_tokens,
             tokens=tokens, kept_tokens=kept, clusters_used=tokens - kept, network_size=(h, w),
             preprocess_ms=1e3 * (t1 - t0), inference_ms=1e3 * (t2 - t1), postprocess_ms=1e3 * (t3 - t2),
         )

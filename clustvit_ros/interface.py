@@ -44,6 +44,9 @@ OVERLAY = Endpoint("~/overlay", "sensor_msgs/Image", "out", "reliable, depth 1; 
                    "rgb8: the image blended with the palette (`overlay_alpha`).")
 CLUSTERS = Endpoint("~/clusters", "sensor_msgs/Image", "out", "reliable, depth 1; `qos_overrides`",
                     "rgb8: the image with each merged-token cluster tinted (`cluster_alpha`), kept tokens untouched.")
+CONFIDENCE = Endpoint("~/confidence", "sensor_msgs/Image", "out", "reliable, depth 1; `qos_overrides`",
+                      "mono8 at input resolution: the winning class's softmax probability x 255 (Nav2's "
+                      "segmentation confidence image).")
 STATS = Endpoint("~/stats", f"{MSG_PACKAGE}/SegmentationStats", "out", "reliable, depth 10",
                  "One per processed frame: sizes, token counts, timings, drops, class pixel counts (below).")
 LABEL_INFO = Endpoint("~/label_info", "vision_msgs/LabelInfo", "out", "reliable, transient local (latched)",
@@ -54,7 +57,7 @@ DIAGNOSTICS = Endpoint("/diagnostics", "diagnostic_msgs/DiagnosticArray", "out",
 ENABLE = Endpoint("~/enable", "std_srvs/SetBool", "service", "",
                   "Start/stop processing (sets the `enable` parameter).")
 
-ENDPOINTS = (IMAGE_IN, COMPRESSED_IN, MASK, MASK_COLOR, OVERLAY, CLUSTERS, STATS, LABEL_INFO, DIAGNOSTICS, ENABLE)
+ENDPOINTS = (IMAGE_IN, COMPRESSED_IN, MASK, CONFIDENCE, MASK_COLOR, OVERLAY, CLUSTERS, STATS, LABEL_INFO, DIAGNOSTICS, ENABLE)
 
 
 def topics_table(node_name: str = NODE_NAME) -> str:

@@ -55,6 +55,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param("cluster_alpha", 0.6, "Cluster colour weight in ~/clusters (kept tokens stay untinted).", live=True,
           range=(0.0, 1.0)),
     Param("publish_mask", True, "Publish ~/mask (when subscribed).", live=True),
+    Param("publish_confidence", True, "Publish ~/confidence (when subscribed).", live=True),
     Param("publish_mask_color", True, "Publish ~/mask_color (when subscribed).", live=True),
     Param("publish_overlay", True, "Publish ~/overlay (when subscribed).", live=True),
     Param("publish_clusters", True, "Publish ~/clusters (when subscribed).", live=True),

@@ -158,9 +158,9 @@ class SegmentNode(Node):
         # Reliable, depth 1: served to reliable (the tutorials' default) and best-effort subscribers alike,
         # and never a queue of stale frames; `qos_overrides./segment_node/mask.publisher.*` change it.
         out_qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
-        self.pub_mask, self.pub_mask_color, self.pub_overlay, self.pub_clusters = (
+        self.pub_mask, self.pub_confidence, self.pub_mask_color, self.pub_overlay, self.pub_clusters = (
             self.create_publisher(Image, endpoint.name, out_qos, qos_overriding_options=overrides)
-            for endpoint in (api.MASK, api.MASK_COLOR, api.OVERLAY, api.CLUSTERS))
+            for endpoint in (api.MASK, api.CONFIDENCE, api.MASK_COLOR, api.OVERLAY, api.CLUSTERS))
         self.pub_stats = self.create_publisher(SegmentationStats, api.STATS.name, 10)
         latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -271,7 +271,8 @@ class SegmentNode(Node):
         msg = frame.msg
         image = image_to_rgb(msg, int(self._param("max_input_pixels")))
         keep_bias = float(self._param("keep_bias"))
-        result = self.segmenter(image, keep_bias=keep_bias)
+        result = self.segmenter(image, keep_bias=keep_bias,
+                                confidence=self._wanted(self.pub_confidence, "publish_confidence"))
         t_post = time.perf_counter()
         self._publish_images(msg.header, image, result)
         counts = self.counters.take_since_stats()
@@ -291,6 +292,8 @@ class SegmentNode(Node):
         labels = result.labels
         if self._wanted(self.pub_mask, "publish_mask"):
             self.pub_mask.publish(array_to_image(labels, "mono8" if labels.dtype == np.uint8 else "mono16", header))
+        if result.confidence is not None:
+            self.pub_confidence.publish(array_to_image(result.confidence, "mono8", header))
         want_color = self._wanted(self.pub_mask_color, "publish_mask_color")
         want_overlay = self._wanted(self.pub_overlay, "publish_overlay")
         if want_color or want_overlay:

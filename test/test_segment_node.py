@@ -42,7 +42,7 @@ pytestmark = [
 
 NODE = "/segment_node"
 NODE_CMD = [sys.executable, "-m", "clustvit_ros.segment_node", "--ros-args", "-p", "device:=cpu"]
-IMAGE_OUTPUTS = ("mask", "mask_color", "overlay", "clusters")
+IMAGE_OUTPUTS = ("mask", "confidence", "mask_color", "overlay", "clusters")
 H, W = 120, 160  # test frames: small, not square, not the network size
 NETWORK = 256
 PATCH_TOKENS = (NETWORK // 16) ** 2
@@ -269,6 +269,10 @@ def test_outputs_headers_and_stats(node):
     assert out["mask"].encoding == "mono8"
     mask = pixels(out["mask"])
     assert mask.max() < 3
+    assert out["confidence"].encoding == "mono8"
+    confidence = pixels(out["confidence"])
+    assert confidence.min() >= 255 // 3 and confidence.max() <= 255  # the winning probability is >= 1 / classes
+    assert len(np.unique(confidence)) > 2  # an image, not a constant
     for name in ("mask_color", "overlay", "clusters"):
         assert out[name].encoding == "rgb8", name
     np.testing.assert_array_equal(pixels(out["mask_color"]), PALETTE[mask])

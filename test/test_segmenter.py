@@ -214,3 +214,25 @@ def test_more_than_255_classes_give_uint16_labels(tmp_path):
     assert wide.label_dtype == np.uint16 and r.labels.dtype == np.uint16 and r.labels.shape == (64, 80)
     assert r.class_pixels.shape == (300,) and r.class_pixels.sum() == 64 * 80
     assert r.labels.max() < 300
+
+
+def test_confidence_is_the_winning_softmax_probability():
+    from clustvit_core.predictor import labels_and_confidence_at
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 8, 10) * 3
+    labels, conf = labels_and_confidence_at(logits, (40, 50))
+    up = F.interpolate(logits[None], size=(40, 50), mode="bilinear", align_corners=False)[0]
+    prob, expected = up.softmax(0).max(0)
+    assert conf.dtype == np.uint8 and conf.shape == (40, 50)
+    assert (labels == expected.numpy()).mean() > 0.999  # OpenCV vs torch resampling: ties at most
+    assert np.abs(conf.astype(int) - (prob * 255).round().numpy().astype(int)).max() <= 1
+    assert np.array_equal(labels, labels_at(logits, (40, 50)))
+
+
+def test_segmenter_confidence_on_request(seg):
+    image = make_scene("agri", 5, (90, 120))[0]
+    plain = seg(image)
+    withconf = seg(image, confidence=True)
+    assert plain.confidence is None and np.array_equal(plain.labels, withconf.labels)
+    assert withconf.confidence.shape == (90, 120) and withconf.confidence.min() >= 255 // 3
