@@ -21,7 +21,7 @@ NODE_EXECUTABLE = "segment_node"
 PARAMS_FILE_NAME = "segment.yaml"
 RVIZ_CONFIG_NAME = "clustvit.rviz"
 # The node's image outputs that config/clustvit.rviz shows, as ~/NAME topics of NODE_NAME.
-RVIZ_IMAGE_OUTPUTS = ("overlay", "clusters", "mask_color")
+RVIZ_IMAGE_OUTPUTS = ("overlay", "clusters", "confidence", "mask_color")
 SOURCE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 BOOL_CHOICES = ("true", "false")

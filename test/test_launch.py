@@ -261,7 +261,7 @@ def test_rviz_config_shows_the_node_outputs_best_effort():
                                                       "Durability Policy": "Volatile",
                                                       "History Policy": "Keep Last", "Depth": 1}
     enabled = {d["Topic"]["Value"]: d["Enabled"] for d in displays}
-    assert enabled == {"/segment_node/overlay": True, "/segment_node/clusters": True,
+    assert enabled == {"/segment_node/overlay": True, "/segment_node/clusters": True, "/segment_node/confidence": True,
                        "/segment_node/mask_color": False}
     assert manager["Global Options"]["Fixed Frame"] == "camera"
     assert config["Panels"] and config["Window Geometry"]["Width"] > 0
