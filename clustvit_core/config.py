@@ -29,6 +29,7 @@ BACKBONES = {
 }
 HEADS = ("segmenter", "uper")
 EMPTY_CLUSTERS = ("drop", "zeros")  # see ModelConfig
+RESIZE_MODES = ("stretch", "letterbox")  # how an image of another shape meets the input (preprocessing.letterbox)
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import RESIZE_MODES
 from .devices import autocast_dtype, resolve_device
 from .errors import ConfigError, InputError
-from .preprocessing import preprocess, rescale_shape
+from .preprocessing import letterbox, preprocess, rescale_shape
 from .registry import build_model
 
 
@@ -177,6 +178,8 @@ class Segmentation:
     class_pixels:  int64 [num_classes] pixels predicted as each class.
     patch_tokens:  tokens before merging; tokens: after merging (kept_tokens + clusters_used).
     network_size:  (h, w) of the network input.
+    content_size:  (h, w) of the part of the network input that holds the image (= network_size when
+                   stretched; smaller on one side with letterbox, the rest is padding).
     *_ms:          wall-clock times of the three stages (inference includes device synchronization).
     """
 
@@ -189,6 +192,7 @@ class Segmentation:
     kept_tokens: int
     clusters_used: int
     network_size: tuple[int, int]
+    content_size: tuple[int, int]
     preprocess_ms: float
     inference_ms: float
     postprocess_ms: float
@@ -208,10 +212,15 @@ class Segmenter:
         precision: fp32 | fp16 | bf16 (autocast; fp16 needs CUDA).
         input_size: network input side in pixels (a multiple of the model's patch size); 0 = the model's training size.
         threads: torch CPU threads (0 = leave torch's default).
+        resize_mode: "stretch" (resize to the network size; aspect ratio lost) or "letterbox" (scale to fit,
+            keep the aspect ratio, pad with the mean colour; predictions cropped back to the image).
     """
 
     def __init__(self, model: str | dict, weights: str | None = None, *, device: str = "auto", precision: str = "fp32",
-                 input_size: int = 0, threads: int = 0):
+                 input_size: int = 0, threads: int = 0, resize_mode: str = "stretch"):
+        if resize_mode not in RESIZE_MODES:
+            raise ConfigError(f"resize_mode={resize_mode!r}: use one of {', '.join(RESIZE_MODES)}")
+        self.resize_mode = resize_mode
         self.device = resolve_device(device)
         self.autocast_dtype = autocast_dtype(precision, self.device)
         if threads:
@@ -245,7 +254,13 @@ class Segmenter:
         """Segment one RGB uint8 image [H, W, 3] (any size; resized to the network size and back);
         `confidence=True` also returns the per-pixel confidence image."""
         t0 = time.perf_counter()
-        x = preprocess(image, self.size, self.mean, self.std).to(self.device, non_blocking=True)
+        H, W = image.shape[:2]
+        content = self.size
+        if self.resize_mode == "letterbox":
+            image_in, content = letterbox(image, self.size, self.mean)
+        else:
+            image_in = image
+        x = preprocess(image_in, self.size, self.mean, self.std).to(self.device, non_blocking=True)
         self._sync()
         t1 = time.perf_counter()
         dtype = self.autocast_dtype
@@ -253,11 +268,11 @@ class Segmenter:
             out = self.model(x, keep_bias=float(keep_bias))
         self._sync()
         t2 = time.perf_counter()
-        H, W = image.shape[:2]
+        logits = out.logits[0, :, : content[0], : content[1]]  # letterbox: the image's part only
         if confidence:
-            labels, conf = labels_and_confidence_at(out.logits[0], (H, W))
+            labels, conf = labels_and_confidence_at(logits, (H, W))
         else:
-            labels, conf = labels_at(out.logits[0], (H, W)), None
+            labels, conf = labels_at(logits, (H, W)), None
         labels = labels.astype(self.label_dtype, copy=False)
         class_pixels = np.bincount(labels.ravel(), minlength=self.num_classes)[: self.num_classes]
         h, w = x.shape[-2:]
@@ -271,6 +286,6 @@ class Segmenter:
         t3 = time.perf_counter()
         return Segmentation(
             labels=labels, confidence=conf, cluster_ids=cluster_ids, class_pixels=class_pixels, patch_tokens=patch_tokens,
-            tokens=tokens, kept_tokens=kept, clusters_used=tokens - kept, network_size=(h, w),
+            tokens=tokens, kept_tokens=kept, clusters_used=tokens - kept, network_size=(h, w), content_size=tuple(content),
             preprocess_ms=1e3 * (t1 - t0), inference_ms=1e3 * (t2 - t1), postprocess_ms=1e3 * (t3 - t2),
         )

@@ -62,3 +62,19 @@ def preprocess(images: np.ndarray | Sequence[np.ndarray], size: int | tuple[int,
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
         batch.append(image)
     return normalize(np.stack(batch), mean, std)
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int], mean) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB uint8 [H, W, 3] -> (uint8 [h, w, 3] = size, (h', w')): the image scaled to fit `size` keeping
+    its aspect ratio (bilinear), at the top left, the rest filled with the `mean` colour, which
+    normalizes to 0 (the uniform padding a ClustViT merges into one cluster). (h', w') is the image's part."""
+    check_rgb(image)
+    h, w = size
+    H, W = image.shape[:2]
+    scale = min(h / H, w / W)
+    hh, ww = min(h, max(1, round(H * scale))), min(w, max(1, round(W * scale)))
+    out = np.empty((h, w, 3), np.uint8)
+    out[...] = np.clip(np.rint(np.asarray(mean, np.float64)), 0, 255).astype(np.uint8)
+    out[:hh, :ww] = cv2.resize(image, (ww, hh), interpolation=cv2.INTER_LINEAR) if (hh, ww) != (H, W) else image
+    return out, (hh, ww)
+

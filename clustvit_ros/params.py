@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from clustvit_core.devices import DEVICE_HELP, PRECISIONS, check_precision
 from clustvit_core.errors import ConfigError
+from clustvit_core.config import RESIZE_MODES
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -44,6 +45,9 @@ PARAMETERS: tuple[Param, ...] = (
     Param("input_size", 0, "Network input side in pixels (a multiple of the model's patch size, checked on start); "
           "0 = the model's training size.",
           range=(0, 4096)),
+    Param("resize_mode", "stretch",
+          "How frames reach the network's input: stretch (resize; aspect ratio lost) or letterbox (scale to fit, "
+          "keep the aspect ratio, pad with the mean colour; masks cropped back).", choices=RESIZE_MODES),
     Param("threads", 0, "CPU threads for torch (0 = torch's default).", range=(0, 256)),
     Param("enable", True, "Process frames; false = subscriptions stay, nothing is computed (also ~/enable service).",
           live=True),
@@ -86,6 +90,8 @@ def check_value(name: str, value) -> str | None:
             check_precision(value)
         except ConfigError as exc:
             return str(exc)
+    if name == "resize_mode" and value not in RESIZE_MODES:
+        return f"resize_mode={value!r}: use {' or '.join(RESIZE_MODES)}"
     if name == "model" and not str(value).strip():
         return "model is empty: name a registered model (config/models/NAME.yaml) or a YAML path"
     return None

@@ -134,7 +134,7 @@ class SegmentNode(Node):
 
         p = self._param
         self.segmenter = Segmenter(p("model"), p("weights") or None, device=p("device"), precision=p("precision"),
-                                   input_size=p("input_size"), threads=p("threads"))
+                                   input_size=p("input_size"), threads=p("threads"), resize_mode=p("resize_mode"))
         seg = self.segmenter
         seg.warm_up()
         self.get_logger().info(
@@ -309,7 +309,7 @@ class SegmentNode(Node):
                 clusters = image
             else:
                 clusters = cluster_overlay(image, result.cluster_ids, alpha=float(self._param("cluster_alpha")),
-                                           k=seg.k, input_shape=result.network_size, patch=seg.data.patch_size)
+                                           k=seg.k, input_shape=result.content_size, patch=seg.data.patch_size)
             self.pub_clusters.publish(array_to_image(clusters, "rgb8", header))
 
     def _stats(self, header, image: np.ndarray, r: Segmentation, keep_bias: float,

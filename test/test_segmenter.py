@@ -236,3 +236,25 @@ def test_segmenter_confidence_on_request(seg):
     withconf = seg(image, confidence=True)
     assert plain.confidence is None and np.array_equal(plain.labels, withconf.labels)
     assert withconf.confidence.shape == (90, 120) and withconf.confidence.min() >= 255 // 3
+
+
+def test_letterbox_keeps_the_aspect_ratio_and_pads_with_the_mean():
+    from clustvit_core.preprocessing import letterbox
+
+    image = np.full((90, 160, 3), 200, np.uint8)
+    out, content = letterbox(image, (128, 128), [127.5, 127.5, 127.5])
+    assert out.shape == (128, 128, 3) and content == (72, 128)
+    assert (out[:72] == 200).all() and (out[72:] == 128).all()  # padding normalizes to ~0
+
+
+def test_letterbox_masks_align_with_the_input(seg):
+    """An object at a known place of a wide frame lands at the same place in the letterboxed mask."""
+    lb = Segmenter(DEMO, device="cpu", resize_mode="letterbox")
+    image, labels = make_scene("agri", 11, (120, 320))
+    stretched, boxed = seg(image), lb(image)
+    assert boxed.labels.shape == (120, 320) and boxed.content_size == (96, 256) and boxed.network_size == (256, 256)
+    assert stretched.content_size == (256, 256)
+    for r in (stretched, boxed):
+        assert (r.labels == labels).mean() > 0.8  # both put the plants where the ground truth has them
+    with pytest.raises(ConfigError, match="resize_mode='crop'"):
+        Segmenter(DEMO, device="cpu", resize_mode="crop")
