@@ -6,6 +6,7 @@ so converted checkpoints map one to one.
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -24,11 +25,47 @@ def init_linear_layers(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+MASK_CONFIDENCE = 0.99  # the probability a fresh Segmenter head's logits can give one class (see mask_norm_scale)
+MMSEG_MASK_EPS = 1e-5  # mmseg's mask_norm eps: every converted checkpoint needs it
+FEW_CLASS_MASK_EPS = 1.0  # the few-class variant's mask_norm eps (SegmenterHead's mask_eps)
+
+
+def mask_norm_scale(num_classes: int, eps: float = MMSEG_MASK_EPS, confidence: float = MASK_CONFIDENCE) -> float:
+    """Initial `mask_norm.weight`: the smallest scale >= 1 at which the mask LayerNorm (epsilon `eps`) lets
+    a pixel whose patch feature points at one class's feature give that class probability `confidence`.
+
+    Such a pixel's C cosine scores are 1 and -1/(C-1) (class features spread evenly), variance
+    1/(C-1); the LayerNorm turns them into w * (score - mean) / sqrt(1/(C-1) + eps), a margin of
+    w * C/(C-1) / sqrt(1/(C-1) + eps) between that class and the rest, and
+    p = 1 / (1 + (C-1) * exp(-margin)). With mmseg's eps and w = 1 that is the most any pixel can get:
+    0.81 for C = 3, below the share of the majority class in most few-class data (soil: 93 % of CWFID
+    pixels), so the loss never stops pushing every pixel towards it. C = 3 gives 2.49 (eps 1e-5) and
+    4.32 (eps 1); from C = 80 on (eps 1e-5) it is 1, mmseg's init (ADE20K's 150 classes: p = 0.9993).
+    """
+    if num_classes < 2:
+        return 1.0  # one class: the LayerNorm output is 0 whatever the weight
+    c = num_classes
+    margin = math.log((c - 1) * confidence / (1 - confidence))
+    return max(1.0, margin * math.sqrt(1 / (c - 1) + eps) * (c - 1) / c)
+
+
 class SegmenterHead(nn.Module):
     """Mask transformer (Strudel et al. 2021): patch tokens and learned class embeddings pass through
-    `num_layers` transformer layers; masks are scalar products of L2-normalized patch and class features."""
+    `num_layers` transformer layers; masks are scalar products of L2-normalized patch and class features,
+    normalized over the classes by `mask_norm`.
 
-    def __init__(self, in_dim: int, num_classes: int, num_layers: int = 2, num_heads: int = 6, embed_dim: int | None = None):
+    With the default `mask_eps` the forward is mmsegmentation's `SegmenterMaskTransformerHead` (converted
+    checkpoints need it); only the initialization of a fresh head differs (`init_weights`; converted or
+    trained weights replace it). `mask_eps=FEW_CLASS_MASK_EPS` is the few-class variant: `mask_norm`,
+    a LayerNorm over the C class scores of a pixel, scales them to unit variance whatever they are, so
+    with few classes every pixel gets equally confident logits (3 classes: one angle per pixel on a
+    circle of radius sqrt(3) * weight) and close scores get a gain of 1 / their spread. An eps as large
+    as the scores' variance can get (cosines: at most 1) makes it a cosine classifier with a learned
+    per-class temperature: confidence follows the scores and the gain stays bounded.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, num_layers: int = 2, num_heads: int = 6,
+                 embed_dim: int | None = None, mask_eps: float = MMSEG_MASK_EPS):
         super().__init__()
         embed_dim = embed_dim or in_dim
         self.num_classes = num_classes
@@ -39,9 +76,32 @@ class SegmenterHead(nn.Module):
         self.patch_proj = nn.Linear(embed_dim, embed_dim, bias=False)
         self.classes_proj = nn.Linear(embed_dim, embed_dim, bias=False)
         self.decoder_norm = norm(embed_dim)
-        self.mask_norm = norm(num_classes)
-        trunc_normal_(self.cls_emb, std=0.02)
+        self.mask_norm = nn.LayerNorm(num_classes, eps=mask_eps)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Initialization of a fresh head; converted or trained weights replace all of it.
+
+        mmseg's `init_weights` draws every Linear and `cls_emb` with std 0.02 and sets `mask_norm.weight`
+        to 1. Trained with AdamW on few, imbalanced classes (3-class CWFID: 93 % soil) that head predicts
+        the majority class everywhere, for three reasons, each fixed here:
+        - `dec_proj` (std 0.02): AdamW moves every weight by ~lr per step, 5 % of that std at lr 1e-3,
+          and the first steps all push every pixel the same way (towards the class prior), so they add
+          one vector to all patch tokens; every later normalization is per token, so the differences
+          between pixels shrink (on DINOv2 features: from 0.31 to 0.03 of the mean token in 5 steps).
+          Std 1/sqrt(in_dim) keeps the input's scale.
+        - `cls_emb` (std 0.02, 20-40x smaller than the patch tokens) leaves the class tokens nearly
+          identical: a pixel's class scores differ by ~0.002, about the mask LayerNorm's sqrt(eps), so
+          the LayerNorm's output, i.e. the predicted class, follows noise at a gain of several hundred.
+          Std 1 keeps the classes apart (scores differ by ~0.04).
+        - `mask_norm.weight` 1 bounds the logits (`mask_norm_scale`): with 3 classes no pixel can get
+          more than p = 0.81, below the majority class's share, so the push towards the prior never stops.
+        """
         init_linear_layers(self)
+        trunc_normal_(self.dec_proj.weight, std=self.dec_proj.in_features ** -0.5)
+        trunc_normal_(self.cls_emb, std=1.0, a=-2.0, b=2.0)
+        nn.init.constant_(self.mask_norm.weight, mask_norm_scale(self.num_classes, self.mask_norm.eps))
+        nn.init.zeros_(self.mask_norm.bias)
 
     def forward(self, features: list[Tensor]) -> Tensor:
         """features: list whose last item is [B, D, h, w] -> [B, num_classes, h, w]."""
