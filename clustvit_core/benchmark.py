@@ -1,6 +1,6 @@
 """Measure FLOPs, speed and token counts of registry models on the same images, in one run.
 
-    python -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --size 512 --oracle-clusters
+    python -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --size 448 --oracle-clusters
 
 Every figure in the printed table is measured here: FLOPs with torch's FLOP counter (per image),
 speed as images per second after a warm-up, timed in interleaved rounds (model A, model B, ...,
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "token counts and ratios against the plain-ViT row, for registry models measured in one run.",
         epilog="Examples:\n"
         "  python -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images synthetic --num-images 4 --size 256\n"
-        "  python -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --size 512 --oracle-clusters\n"
+        "  python -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --size 448 --oracle-clusters\n"
         "  python -m clustvit_core.benchmark --models suim_vit suim_k4_ip3 --images IMG_DIR --oracle-clusters MASK_DIR backbone=small\n"
         "KEY=VALUE arguments override model settings of every model (as in train and evaluate).\n"
         "Without --oracle-clusters the Cluster module decides; with random weights (--weights none) that is\n"
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", required=True, help="registry names (python -c 'import clustvit_core as cc; print(cc.list_models())'); include a *_vit model to get ratios")
     parser.add_argument("--images", default="synthetic", help="folder of images, 'synthetic[:agri|underwater]' (generated at --size) or a dataset NAME[:SPLIT] such as 'cwfid:test' (default split test; other datasets need their root variable, see the README) (default: synthetic)")
     parser.add_argument("--num-images", type=int, default=8, help="use at most this many images (default 8)")
-    parser.add_argument("--size", type=int, default=512, help="network input size in pixels, a multiple of the models' patch size (default 512)")
+    parser.add_argument("--size", type=int, default=448, help="network input size in pixels (square), a multiple of the models' patch size (default 448 = 32 x 14 = 28 x 16)")
     parser.add_argument("--oracle-clusters", nargs="?", const="", default=None, metavar="MASK_DIR",
                         help="replace the Cluster module by pseudo-clusters of ground-truth labels: from MASK_DIR (matched by file name), or, with no value, from the source's own labels")
     parser.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")

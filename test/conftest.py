@@ -8,7 +8,7 @@ except ImportError:
 import clustvit_core as cc
 
 # A tiny ClustViT: D=64, depth 4, 64x64 images (4x4 patch grid), k=3, clusters merged before block 1.
-TINY = dict(embed_dim=64, depth=4, num_heads=2, img_size=64, cluster_hidden=32)
+TINY = dict(embed_dim=64, depth=4, num_heads=2, patch_size=16, img_size=64, cluster_hidden=32)
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import pytest
 
 from clustvit_core import benchmark
 
-TINY_SET = ["embed_dim=64", "depth=4", "num_heads=2", "cluster_hidden=32"]
+TINY_SET = ["embed_dim=64", "depth=4", "num_heads=2", "patch_size=16", "cluster_hidden=32"]
 
 
 def test_benchmark_on_cwfid_with_oracle_clusters(tmp_path, capsys):

@@ -26,7 +26,7 @@ from clustvit_core.weights import resize_pos_embed
 ROOT = Path(__file__).resolve().parents[1]
 
 D, DEPTH, HEADS, HIDDEN, IMG = 64, 4, 2, 32, 64  # tiny model: 4x4 patch grid
-TINY = dict(embed_dim=D, depth=DEPTH, num_heads=HEADS, img_size=IMG, cluster_hidden=HIDDEN)
+TINY = dict(embed_dim=D, depth=DEPTH, num_heads=HEADS, patch_size=16, img_size=IMG, cluster_hidden=HIDDEN)
 BACKBONE_EPS, HEAD_EPS = 1e-6, 1e-5  # the authors' backbone_norm_cfg eps; mmseg's LN default in the head
 
 

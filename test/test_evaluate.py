@@ -22,7 +22,7 @@ from clustvit_core.visualize import cluster_map, cluster_overlay, colorize
 from conftest import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_SET = ["embed_dim=64", "depth=4", "num_heads=2", "img_size=64", "cluster_hidden=32", "ip=1"]
+TINY_SET = ["embed_dim=64", "depth=4", "num_heads=2", "patch_size=16", "img_size=64", "cluster_hidden=32", "ip=1"]
 
 
 # ------------------------------------------------------------------------------------------ metrics

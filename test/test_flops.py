@@ -14,7 +14,7 @@ def analytic_vit_flops(D, depth, N, mlp_ratio=4):
 
 
 def test_vit_flops_match_analytic_count():
-    vit = cc.build_model("cwfid_vit", embed_dim=192, depth=6, num_heads=3, img_size=128)
+    vit = cc.build_model("cwfid_vit", embed_dim=192, depth=6, num_heads=3, patch_size=16, img_size=128)
     parts = cc.flop_breakdown(vit, torch.randn(1, 3, 128, 128))
     expected = analytic_vit_flops(192, 6, 64)
     assert parts["backbone"] == pytest.approx(expected, rel=0.02)

@@ -91,7 +91,7 @@ def test_three_class_model_head_fits_imbalanced_maps():
     """The head of a 3-class model fits 4 imbalanced token maps. With mmseg's initialization it predicts
     the majority class everywhere here (IoUs 0.88/0/0, p_true 0.77); over 8 seeds its worst class IoU
     stays below 0.6 on 7 and the true class never gets more than p = 0.89 on average."""
-    model = cc.build_model("cwfid_vit", embed_dim=D, depth=1, num_heads=2, img_size=64)
+    model = cc.build_model("cwfid_vit", embed_dim=D, depth=1, num_heads=2, patch_size=16, img_size=64)
     assert isinstance(model.head, SegmenterHead) and model.num_classes == 3
     features, labels = imbalanced_token_maps(seed=0)
     assert (labels == 0).float().mean() > 0.85

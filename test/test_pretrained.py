@@ -138,7 +138,7 @@ def _saved(tmp_path, sd, name="ckpt.safetensors"):
 
 def test_plain_timm_vit_still_loads_as_before(tmp_path):
     vit = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=64, embed_dim=64, depth=2, num_heads=2, num_classes=10).eval()
-    model = cc.build_model("cwfid_vit", embed_dim=64, depth=2, num_heads=2, img_size=64).eval()
+    model = cc.build_model("cwfid_vit", embed_dim=64, depth=2, num_heads=2, patch_size=16, img_size=64).eval()
     line = P.load_pretrained_backbone(model, _saved(tmp_path, vit.state_dict()))
     assert line.endswith(": timm ViT")
     x = torch.randn(1, 3, 64, 64)
@@ -197,7 +197,8 @@ def test_a_fetched_name_resolves_on_the_weights_search_path(monkeypatch, tmp_pat
     cc.save_checkpoint(tmp_path / P.SOURCES["dinov2_small"].file, tiny_dinov2().state_dict(), extra={"note": "a note"})
     assert P.resolve_pretrained("dinov2_small") == tmp_path / P.SOURCES["dinov2_small"].file
     assert P.resolve_pretrained(P.SOURCES["dinov2_small"].file) == tmp_path / P.SOURCES["dinov2_small"].file
-    line = P.load_pretrained_backbone(cc.build_model("cwfid_vit", **MODEL), "dinov2_small")
+    half = dict(mean=[127.5] * 3, std=[127.5] * 3)
+    line = P.load_pretrained_backbone(cc.build_model("cwfid_vit", **MODEL, **half), "dinov2_small")
     assert "; a note; DINOv2 expects ImageNet mean/std, the model normalizes with mean=[127.5" in line
     imagenet = dict(mean=P.IMAGENET_MEAN, std=P.IMAGENET_STD)
     assert P.load_pretrained_backbone(cc.build_model("cwfid_vit", **MODEL, **imagenet), "dinov2_small").endswith("; a note")

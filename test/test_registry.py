@@ -3,7 +3,7 @@ import torch
 
 import clustvit_core as cc
 
-TINY_NET = dict(embed_dim=32, depth=4, num_heads=2, img_size=32, cluster_hidden=16, uper_channels=16)
+TINY_NET = dict(embed_dim=32, depth=4, num_heads=2, patch_size=16, img_size=32, cluster_hidden=16, uper_channels=16)
 
 
 def test_registry_lists_dataset_models_and_baselines():
