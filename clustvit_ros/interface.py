@@ -56,8 +56,13 @@ DIAGNOSTICS = Endpoint("/diagnostics", "diagnostic_msgs/DiagnosticArray", "out",
                        "Every `diagnostics_period` s: rate, latency, tokens, frame counters, device, errors.")
 ENABLE = Endpoint("~/enable", "std_srvs/SetBool", "service", "",
                   "Start/stop processing (sets the `enable` parameter).")
+LIFECYCLE = Endpoint("~/change_state", "lifecycle_msgs/ChangeState", "service", "",
+                     "Lifecycle transitions (configure loads the model, activate subscribes, deactivate "
+                     "unsubscribes, cleanup frees the model); also `~/get_state`, `~/get_available_transitions`, "
+                     "`~/transition_event`, as every rclpy lifecycle node has. Outputs publish only while active.")
 
-ENDPOINTS = (IMAGE_IN, COMPRESSED_IN, MASK, CONFIDENCE, MASK_COLOR, OVERLAY, CLUSTERS, STATS, LABEL_INFO, DIAGNOSTICS, ENABLE)
+ENDPOINTS = (IMAGE_IN, COMPRESSED_IN, MASK, CONFIDENCE, MASK_COLOR, OVERLAY, CLUSTERS, STATS, LABEL_INFO, DIAGNOSTICS,
+             ENABLE, LIFECYCLE)
 
 
 def topics_table(node_name: str = NODE_NAME) -> str:

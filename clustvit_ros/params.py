@@ -24,7 +24,13 @@ class Param:
     name: str
     default: bool | int | float | str
     description: str
-    live: bool = False  # may change while the node runs (else read-only after start)
+    live: bool = False  # may change while the node runs
+    configure: bool = False  # read on the lifecycle configure/activate: may change while the node is unconfigured
+    # (neither: read-only after start)
+
+    @property
+    def when_settable(self) -> str:
+        return "yes" if self.live else "when unconfigured" if self.configure else "no"
     range: tuple[float, float] | None = None  # inclusive bounds of a number
     choices: tuple[str, ...] | None = None  # documentation of allowed strings
 
@@ -35,20 +41,25 @@ class Param:
 
 PARAMETERS: tuple[Param, ...] = (
     Param("model", "synthetic_agri_k3_ip3",
-          "Model registry name (config/models/NAME.yaml) or a path to a model YAML."),
+          "Model registry name (config/models/NAME.yaml) or a path to a model YAML.", configure=True),
     Param("weights", "",
-          "Weights file (.safetensors or weights-only .pth); empty = the file the registry entry names."),
-    Param("device", "auto", f"Inference device: {DEVICE_HELP}.", choices=("auto", "cpu", "cuda", "cuda:N")),
+          "Weights file (.safetensors or weights-only .pth); empty = the file the registry entry names.",
+          configure=True),
+    Param("device", "auto", f"Inference device: {DEVICE_HELP}.", choices=("auto", "cpu", "cuda", "cuda:N"),
+          configure=True),
     Param("precision", "fp32",
           f"Inference precision: {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]} (fp16/bf16 autocast; fp16 needs CUDA).",
-          choices=PRECISIONS),
+          choices=PRECISIONS, configure=True),
     Param("input_size", 0, "Network input side in pixels (a multiple of the model's patch size, checked on start); "
           "0 = the model's training size.",
-          range=(0, 4096)),
+          range=(0, 4096), configure=True),
     Param("resize_mode", "stretch",
           "How frames reach the network's input: stretch (resize; aspect ratio lost) or letterbox (scale to fit, "
-          "keep the aspect ratio, pad with the mean colour; masks cropped back).", choices=RESIZE_MODES),
-    Param("threads", 0, "CPU threads for torch (0 = torch's default).", range=(0, 256)),
+          "keep the aspect ratio, pad with the mean colour; masks cropped back).", choices=RESIZE_MODES,
+          configure=True),
+    Param("threads", 0, "CPU threads for torch (0 = torch's default).", range=(0, 256), configure=True),
+    Param("autostart", True, "Configure and activate on start (lifecycle transitions the node makes itself); "
+          "false = wait in 'unconfigured' for a lifecycle manager (configure loads the model, activate subscribes)."),
     Param("enable", True, "Process frames; false = subscriptions stay, nothing is computed (also ~/enable service).",
           live=True),
     Param("keep_bias", 0.0,
@@ -64,7 +75,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param("publish_overlay", True, "Publish ~/overlay (when subscribed).", live=True),
     Param("publish_clusters", True, "Publish ~/clusters (when subscribed).", live=True),
     Param("compressed_input", False,
-          "Also subscribe to image/compressed (sensor_msgs/CompressedImage, png/jpeg)."),
+          "Also subscribe to image/compressed (sensor_msgs/CompressedImage, png/jpeg).", configure=True),
     Param("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", range=(0.05, 60.0)),
     Param("stale_timeout", 2.0, "/diagnostics turns WARN when no frame arrived for this many seconds after frames "
           "had been arriving.", live=True, range=(0.1, 3600.0)),
@@ -165,7 +176,7 @@ def markdown_table() -> str:
         default = repr(p.default) if isinstance(p.default, str) else str(p.default).lower() \
             if isinstance(p.default, bool) else str(p.default)
         bounds = f" Range {p.range[0]:g}..{p.range[1]:g}." if p.range else ""
-        rows.append(f"| `{p.name}` | {p.type_name} | `{default}` | {'yes' if p.live else 'no'} | "
+        rows.append(f"| `{p.name}` | {p.type_name} | `{default}` | {p.when_settable} | "
                     f"{p.description}{bounds} |")
     return "\n".join(rows)
 

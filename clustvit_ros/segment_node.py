@@ -6,9 +6,16 @@ The node is thin: `clustvit_core.predictor.Segmenter` does all model work; this 
 frames between DDS and it. Frames are handed from the subscription callback to one inference
 thread through a keep-latest slot (a newer frame replaces a waiting one, which is counted as
 dropped), so the node never builds a backlog. Topics, parameters and message fields: README.md.
+
+It is a lifecycle node (rclpy.lifecycle, the lifecycle_msgs services under ~/): parameters are declared
+and checked at construction; configure loads the model and creates the outputs and the inference
+thread; activate subscribes to the camera and enables the outputs; deactivate unsubscribes; cleanup
+stops the thread and frees the model (and its GPU memory). /diagnostics and ~/enable work in every
+state. With `autostart` (default) the node configures and activates itself, as a plain node would.
 """
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -24,7 +31,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 SetParametersResult)
 from rclpy.exceptions import InvalidParameterTypeException, ParameterException
 from rclpy.executors import ExternalShutdownException
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -38,7 +45,7 @@ from clustvit_core.visualize import cluster_overlay, colorize
 from clustvit_ros import interface as api
 from clustvit_ros.images import FrameError, array_to_image, check_compressed, check_image, image_to_rgb
 from clustvit_ros.interface import NODE_NAME
-from clustvit_ros.params import PARAMETERS, Param, check_value
+from clustvit_ros.params import BY_NAME, PARAMETERS, Param, check_value
 
 UNLABELED = {np.uint8: 255, np.uint16: 65535}  # mask value of pixels without a class, by mask dtype
 WARN_PERIOD_S = 5.0  # throttle of per-frame warnings
@@ -110,7 +117,8 @@ class Counters:
 def descriptor(spec: Param) -> ParameterDescriptor:
     kind = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
             float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}[type(spec.default)]
-    d = ParameterDescriptor(name=spec.name, type=kind, description=spec.description, read_only=not spec.live)
+    d = ParameterDescriptor(name=spec.name, type=kind, description=spec.description,
+                            read_only=not (spec.live or spec.configure))
     if spec.choices:
         d.additional_constraints = "one of: " + ", ".join(spec.choices)
     if spec.range and kind == ParameterType.PARAMETER_DOUBLE:
@@ -120,11 +128,13 @@ def descriptor(spec: Param) -> ParameterDescriptor:
     return d
 
 
-class SegmentNode(Node):
-    """The segmentation node. Raises ClustViTError from the constructor if the model cannot be loaded."""
+class SegmentNode(LifecycleNode):
+    """The segmentation node. Raises ClustViTError from the constructor for a bad parameter value;
+    a model that cannot be loaded fails the configure transition (`configure_error` says why)."""
 
     def __init__(self, **node_kwargs):
         super().__init__(NODE_NAME, **node_kwargs)
+        self.state_label = "unconfigured"  # the lifecycle state this node is in (parameters, /diagnostics)
         for spec in PARAMETERS:
             self.declare_parameter(spec.name, spec.default, descriptor(spec))
         self.add_on_set_parameters_callback(self._check_parameters)
@@ -132,15 +142,10 @@ class SegmentNode(Node):
         if bad:
             raise ClustViTError(f"parameter {bad[0]}")
 
-        p = self._param
-        self.segmenter = Segmenter(p("model"), p("weights") or None, device=p("device"), precision=p("precision"),
-                                   input_size=p("input_size"), threads=p("threads"), resize_mode=p("resize_mode"))
-        seg = self.segmenter
-        seg.warm_up()
-        self.get_logger().info(
-            f"model {seg.name} ({seg.num_classes} classes, k={seg.k}) on {seg.device} {seg.precision}, "
-            f"input {seg.size[1]}x{seg.size[0]}")  # size: (h, w)
-
+        self.segmenter: Segmenter | None = None  # loaded on configure, freed on cleanup
+        self.configure_error = ""  # why the last configure failed
+        self.subscriptions_in: list = []  # the camera subscriptions (exist while active)
+        self.worker: threading.Thread | None = None
         self.counters = Counters()
         self.slot = LatestFrame()
         self.last_sequence: dict[bytes | None, int] = {}  # publisher gid -> its last publication sequence number
@@ -148,30 +153,104 @@ class SegmentNode(Node):
         self.last_error = ""  # the latest inference failure, with its time (for /diagnostics)
         self.last_error_time = self.last_rejected_time = -float("inf")
         self.last_frame_time: float | None = None  # of the last frame that reached the callback
-
-        image_qos = QoSProfile(**{**_qos_kwargs(qos_profile_sensor_data), "depth": 1})
-        overrides = QoSOverridingOptions.with_default_policies()
-        self.create_subscription(Image, api.IMAGE_IN.name, self._on_image, image_qos, qos_overriding_options=overrides)
-        if p("compressed_input"):
-            self.create_subscription(CompressedImage, api.COMPRESSED_IN.name, self._on_image, image_qos,
-                                     qos_overriding_options=overrides)
-        # Reliable, depth 1: served to reliable (the tutorials' default) and best-effort subscribers alike,
-        # and never a queue of stale frames; `qos_overrides./segment_node/mask.publisher.*` change it.
-        out_qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
-        self.pub_mask, self.pub_confidence, self.pub_mask_color, self.pub_overlay, self.pub_clusters = (
-            self.create_publisher(Image, endpoint.name, out_qos, qos_overriding_options=overrides)
-            for endpoint in (api.MASK, api.CONFIDENCE, api.MASK_COLOR, api.OVERLAY, api.CLUSTERS))
-        self.pub_stats = self.create_publisher(SegmentationStats, api.STATS.name, 10)
-        latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.pub_label_info = self.create_publisher(LabelInfo, api.LABEL_INFO.name, latched)
-        self.pub_label_info.publish(self.label_info())
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, api.DIAGNOSTICS.name, 10)
         self.create_service(SetBool, api.ENABLE.name, self._on_enable)
-        self.create_timer(p("diagnostics_period"), self._publish_diagnostics)
+        self.create_timer(self._param("diagnostics_period"), self._publish_diagnostics)
 
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        p = self._param
+        try:
+            seg = Segmenter(p("model"), p("weights") or None, device=p("device"), precision=p("precision"),
+                            input_size=p("input_size"), threads=p("threads"), resize_mode=p("resize_mode"))
+            seg.warm_up()
+        except ClustViTError as exc:
+            self.configure_error = str(exc)
+            if not p("autostart"):  # with autostart, main() prints the one error line and exits
+                self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self.segmenter, self.configure_error = seg, ""
+        self.get_logger().info(
+            f"model {seg.name} ({seg.num_classes} classes, k={seg.k}) on {seg.device} {seg.precision}, "
+            f"input {seg.size[1]}x{seg.size[0]}")  # size: (h, w)
+
+        # Reliable, depth 1: served to reliable (the tutorials' default) and best-effort subscribers alike,
+        # and never a queue of stale frames; `qos_overrides./segment_node/mask.publisher.*` change it.
+        overrides = QoSOverridingOptions.with_default_policies()
+        out_qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_mask, self.pub_confidence, self.pub_mask_color, self.pub_overlay, self.pub_clusters = (
+            self.create_lifecycle_publisher(Image, endpoint.name, out_qos, qos_overriding_options=overrides)
+            for endpoint in (api.MASK, api.CONFIDENCE, api.MASK_COLOR, api.OVERLAY, api.CLUSTERS))
+        self.pub_stats = self.create_lifecycle_publisher(SegmentationStats, api.STATS.name, 10)
+        latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.pub_label_info = self.create_lifecycle_publisher(LabelInfo, api.LABEL_INFO.name, latched)
+        self.slot = LatestFrame()
         self.worker = threading.Thread(target=self._work, name="clustvit-inference", daemon=True)
         self.worker.start()
+        self.state_label = "inactive"
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = super().on_activate(state)  # enables the lifecycle publishers
+        self.pub_label_info.publish(self.label_info())
+        image_qos = QoSProfile(**{**_qos_kwargs(qos_profile_sensor_data), "depth": 1})
+        overrides = QoSOverridingOptions.with_default_policies()
+        self.subscriptions_in = [self.create_subscription(Image, api.IMAGE_IN.name, self._on_image, image_qos,
+                                                          qos_overriding_options=overrides)]
+        if self._param("compressed_input"):
+            self.subscriptions_in.append(self.create_subscription(
+                CompressedImage, api.COMPRESSED_IN.name, self._on_image, image_qos, qos_overriding_options=overrides))
+        self.last_frame_time = None  # no 'stale input' for the time the node was not listening
+        self.state_label = "active"
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._unsubscribe()
+        self.state_label = "inactive"
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.state_label = "unconfigured"
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._unsubscribe()
+        self._release()
+        self.state_label = "finalized"
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._unsubscribe()
+        self._release()
+        self.state_label = "unconfigured"
+        return super().on_error(state)
+
+    def _unsubscribe(self) -> None:
+        for sub in self.subscriptions_in:
+            self.destroy_subscription(sub)
+        self.subscriptions_in = []
+        self.slot.take(timeout=0)  # a frame still waiting is not processed after deactivate
+
+    def _release(self) -> None:
+        """Stop the inference thread (after the frame in progress), destroy the outputs, free the model."""
+        self.close()
+        for name in ("pub_mask", "pub_confidence", "pub_mask_color", "pub_overlay", "pub_clusters", "pub_stats",
+                     "pub_label_info"):
+            pub = getattr(self, name, None)
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+                setattr(self, name, None)
+        if self.segmenter is not None:
+            on_cuda = self.segmenter.device.type == "cuda"
+            self.segmenter = None
+            gc.collect()
+            if on_cuda:
+                import torch
+
+                torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ parameters
 
@@ -180,6 +259,11 @@ class SegmentNode(Node):
 
     def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:
         for param in params:
+            spec = BY_NAME.get(param.name)
+            if spec is not None and spec.configure and not spec.live and self.state_label != "unconfigured":
+                return SetParametersResult(successful=False, reason=(
+                    f"{param.name} is read-only while the node is {self.state_label}: change it while unconfigured "
+                    f"(lifecycle deactivate + cleanup, then configure) or restart the node"))
             reason = check_value(param.name, param.value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
@@ -339,10 +423,14 @@ class SegmentNode(Node):
         fresh = [r for r in recent if now - r[0] < 5.0]
         rate = (len(fresh) - 1) / (fresh[-1][0] - fresh[0][0]) if len(fresh) > 1 and fresh[-1][0] > fresh[0][0] else 0.0
         latencies = [r[1] for r in fresh]
-        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: segmentation",
-                                  hardware_id=str(seg.device))
+        device = str(seg.device) if seg is not None else ""
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: segmentation", hardware_id=device)
         enabled = bool(self._param("enable"))
-        if now - self.last_error_time < STATUS_HOLD_S:
+        if self.configure_error:
+            status.level, status.message = DiagnosticStatus.ERROR, f"configure failed: {self.configure_error}"
+        elif self.state_label != "active":
+            status.level, status.message = DiagnosticStatus.OK, f"{self.state_label} (lifecycle)"
+        elif now - self.last_error_time < STATUS_HOLD_S:
             status.level, status.message = DiagnosticStatus.ERROR, f"inference failed: {self.last_error}"
         elif not enabled:
             status.level, status.message = DiagnosticStatus.OK, "disabled"
@@ -355,7 +443,9 @@ class SegmentNode(Node):
         else:
             status.level, status.message = DiagnosticStatus.OK, "running" if fresh else "waiting for images"
         values = {
-            "model": seg.name, "device": str(seg.device), "precision": seg.precision, "enabled": str(enabled).lower(),
+            "model": seg.name if seg is not None else str(self._param("model")), "device": device,
+            "precision": str(self._param("precision")), "lifecycle_state": self.state_label,
+            "enabled": str(enabled).lower(),
             "input_topic": self._input_topic(), "rate_hz": f"{rate:.2f}",
             "latency_mean_ms": f"{np.mean(latencies):.1f}" if latencies else "",
             "latency_max_ms": f"{max(latencies):.1f}" if latencies else "",
@@ -370,7 +460,9 @@ class SegmentNode(Node):
     def close(self) -> None:
         """Stop the inference thread (after the frame in progress)."""
         self.slot.close()
-        self.worker.join(timeout=10.0)
+        if self.worker is not None:
+            self.worker.join(timeout=10.0)
+            self.worker = None
 
 
 def _qos_kwargs(profile: QoSProfile) -> dict:
@@ -384,6 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     node = None
     try:
         node = SegmentNode()
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                if not rclpy.ok():  # SIGINT/SIGTERM during start-up: a requested stop
+                    return 0
+                raise ClustViTError(node.configure_error or "configure failed (see the log above)")
+            node.trigger_activate()
         rclpy.spin(node)
     except ClustViTError as exc:
         print(f"{NODE_NAME}: error: {exc}", file=sys.stderr)

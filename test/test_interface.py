@@ -60,7 +60,8 @@ def test_parameter_table_and_validation():
     assert check_value("input_size", 518) is None  # patch 14 (DINOv2): the node checks it against the model
     assert "empty" in check_value("model", " ")
     assert check_value("qos_overrides./image.subscription.depth", 5) is None  # not ours: rclpy checks it
-    assert BY_NAME["keep_bias"].live and not BY_NAME["model"].live
+    assert BY_NAME["keep_bias"].live and not BY_NAME["model"].live and BY_NAME["model"].configure
+    assert not BY_NAME["autostart"].configure and not BY_NAME["autostart"].live
 
 
 

@@ -703,3 +703,78 @@ def test_more_than_255_classes_publish_mono16_masks(tmp_path):
     assert values.max() < 300
     assert len(stats.class_pixel_counts) == 300 and sum(stats.class_pixel_counts) == H * W
     assert np.bincount(values, minlength=300).tolist() == list(stats.class_pixel_counts)
+
+
+def test_lifecycle_transitions_over_the_lifecycle_services(tmp_path):
+    """autostart:=false: the node waits unconfigured (no model, no camera subscription); configure,
+    activate, deactivate and cleanup through lifecycle_msgs/ChangeState do what the README says; a model
+    that cannot load fails configure with the reason on /diagnostics, and the node stays up."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    env = fresh_env(tmp_path / "ros_log")
+    log_file = tmp_path / "out.txt"
+    with open(log_file, "w") as out:
+        proc = start_ros_process(NODE_CMD + ["-p", "autostart:=false", "-p", "diagnostics_period:=0.2",
+                                             "-p", "model:=no_such_model"], env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        with rclpy_context(env) as ctx:
+            obs = Observer(ctx, proc, log_file)
+            change = obs.node.create_client(ChangeState, f"{NODE}/change_state")
+            get = obs.node.create_client(GetState, f"{NODE}/get_state")
+
+            def state() -> str:
+                return obs._call(get, GetState.Request()).current_state.label
+
+            def transition(tid: int) -> bool:
+                return obs._call(change, ChangeState.Request(transition=Transition(id=tid))).success
+
+            def last_status():
+                return obs.received["diagnostics"][-1][1]
+
+            obs.wait(lambda: obs.received["diagnostics"], START_TIMEOUT_S, "/diagnostics")
+            assert state() == "unconfigured"
+            assert "unconfigured" in last_status().message and obs.node.count_subscribers("/image") == 0
+            assert not transition(Transition.TRANSITION_CONFIGURE)  # model no_such_model
+            assert state() == "unconfigured"
+            obs.wait(lambda: "no_such_model" in last_status().message, 10.0, "the configure error on /diagnostics")
+            assert last_status().level == DiagnosticStatus.ERROR
+
+            obs.set_ok(model="synthetic_agri_k3_ip3")  # what configure reads may change while unconfigured
+            (result,) = obs.set_params(diagnostics_period=0.5)
+            assert not result.successful  # ... the rest stays read-only
+            for cycle in range(2):  # configure -> activate -> deactivate -> cleanup, twice (the model reloads)
+                assert transition(Transition.TRANSITION_CONFIGURE), obs.output()
+                assert state() == "inactive" and obs.node.count_subscribers("/image") == 0
+                (result,) = obs.set_params(model="cwfid_k3_ip3")
+                assert not result.successful and "read-only while the node is inactive" in result.reason
+                assert transition(Transition.TRANSITION_ACTIVATE)
+                assert state() == "active"
+                obs.wait(lambda: obs.node.count_subscribers("/image") > 0, 10.0, "the camera subscription")
+                deadline = time.monotonic() + START_TIMEOUT_S
+                while True:  # until our subscriptions are matched on the node's side too
+                    header = obs.send(scene(cycle))
+                    if wait_for(lambda: obs.of("stats", header) and obs.of("mask", header), obs.executor, 3.0):
+                        break
+                    assert time.monotonic() < deadline, f"no output while active\n{obs.output()}"
+                obs.wait(lambda: last_status().message in ("running", "waiting for images"), 10.0, "status running")
+
+                assert transition(Transition.TRANSITION_DEACTIVATE)
+                assert state() == "inactive"
+                obs.wait(lambda: obs.node.count_subscribers("/image") == 0, 10.0, "the camera unsubscribed")
+                header = obs.send(scene(5))
+                obs.spin_for(1.0)
+                assert not obs.of("stats", header) and not obs.of("mask", header)
+                obs.wait(lambda: "inactive" in last_status().message, 10.0, "inactive on /diagnostics")
+
+                assert transition(Transition.TRANSITION_CLEANUP)
+                assert state() == "unconfigured"
+                obs.wait(lambda: obs.node.count_publishers(f"{NODE}/stats") == 0, 10.0, "outputs destroyed")
+            obs.executor.shutdown()
+            obs.node.destroy_node()
+        code, _ = stop_ros_process(proc, timeout=15.0)
+    finally:
+        if proc.poll() is None:
+            stop_ros_process(proc)
+    out = log_file.read_text()
+    assert code == 0 and "Traceback" not in out, out
