@@ -40,6 +40,7 @@ from .pretrained import load_pretrained_backbone
 from .weights import restore_training_state, save_checkpoint, training_state
 
 OPTIMIZERS = ("sgd", "adamw")
+CLASS_WEIGHT_MODES = ("auto", "sqrt")
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,9 @@ class TrainSettings:
     betas: tuple[float, float] = (0.9, 0.999)  # adamw
     weight_decay: float = 0.0  # not applied to biases, norms, position embeddings and the CLS token
     layer_decay: float = 1.0  # layer-wise lr decay: block i gets lr * layer_decay ** (depth - i); head and Cluster module full lr
-    class_weights: Any = None  # None | "auto" (median-frequency balancing over the training labels) | [w_0, ..., w_C-1]
+    class_weights: Any = None  # None | "auto" (median-frequency balancing over the training labels) | "sqrt" (its
+    # square root: a gentler balance) | [w_0, ..., w_C-1]
+    grad_clip: float | None = None  # clip the gradients' global L2 norm to this (null: no clipping)
     ohem_thresh: float | None = None  # online hard example mining: keep pixels whose true-class probability < this
     ohem_min_kept: int = 100000  # ... but at least this many pixels per batch (mmseg's OHEMPixelSampler)
     aux_weight: float = 0.1
@@ -105,9 +108,12 @@ class TrainSettings:
             raise ConfigError(f"betas={list(self.betas)}: need [beta1, beta2] in [0, 1)")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         cw = self.class_weights
-        if cw is not None and cw != "auto" and (not isinstance(cw, (list, tuple)) or not all(
+        if cw is not None and cw not in CLASS_WEIGHT_MODES and (not isinstance(cw, (list, tuple)) or not all(
                 isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in cw)):
-            raise ConfigError(f"class_weights={cw!r}: use auto or a list of one weight >= 0 per class")
+            raise ConfigError(f"class_weights={cw!r}: use auto, sqrt or a list of one weight >= 0 per class")
+        if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, (int, float))
+                                           or not self.grad_clip > 0):
+            raise ConfigError(f"grad_clip={self.grad_clip!r}: must be a number > 0 (or null: no clipping)")
         if self.ohem_thresh is not None and not 0 < self.ohem_thresh <= 1:
             raise ConfigError(f"ohem_thresh={self.ohem_thresh}: must lie in (0, 1] (or null: plain cross-entropy)")
         if not isinstance(self.ohem_min_kept, int) or self.ohem_min_kept < 0:
@@ -413,10 +419,15 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
+                    if s.grad_clip is not None:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(net.parameters(), s.grad_clip)
                     scaler.step(optimizer)
                     scaler.update()
                 else:
                     loss.backward()
+                    if s.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(net.parameters(), s.grad_clip)
                     optimizer.step()
                 if not math.isfinite(loss.item()):
                     raise RuntimeError(f"loss became {loss.item()} at iteration {it + 1}; lower lr (now {lr:.2e}) or disable --amp")
@@ -466,10 +477,12 @@ class Trainer:
         cw, n = self.settings.class_weights, self.cfg.num_classes
         if cw is None:
             return None
-        if cw == "auto":
+        if cw in CLASS_WEIGHT_MODES:
             freq = class_frequencies(train_set, n)
             weights = median_frequency_weights(freq)
-            self.log("class weights (median-frequency balancing): "
+            if cw == "sqrt":
+                weights = np.sqrt(weights)
+            self.log(f"class weights ({'square root of ' if cw == 'sqrt' else ''}median-frequency balancing): "
                      + ", ".join(f"{c} {w:.2f} ({100 * f:.1f} % of pixels)" for c, w, f in zip(self.cfg.class_names, weights, freq)))
         else:
             if len(cw) != n:

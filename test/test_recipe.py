@@ -69,6 +69,8 @@ def test_median_frequency_weights():
     (dict(ohem_thresh=2.0), "ohem_thresh=2.0"),
     (dict(betas=[0.9]), "betas"),
     (dict(lr="fast"), "lr=.fast.: must be a number"),
+    (dict(grad_clip=0), "grad_clip=0: must be a number > 0"),
+    (dict(grad_clip="yes"), "grad_clip='yes'"),
 ])
 def test_bad_recipe_settings_are_one_line(settings, message):
     with pytest.raises(ConfigError, match=message):
@@ -108,3 +110,19 @@ def test_crops_of_a_higher_resolution_image():
     assert TrainSettings(crop_size=392).crop_size == 392
     with pytest.raises(ConfigError, match="crop_size=0"):
         TrainSettings(crop_size=0)
+
+
+def test_sqrt_class_weights_and_gradient_clipping_change_the_run(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    tiny = ["embed_dim=32", "depth=2", "num_heads=2", "cluster_hidden=16", "ip=1", "img_size=64", "val_images=1",
+            "num_workers=0", "optimizer=sgd", "lr=0.05", "min_lr=0", "val_interval=100"]
+    finals = {}
+    for name, extra in (("plain", []), ("clipped", ["grad_clip=1e-6"])):
+        assert train.main(["synthetic_agri_k3_ip3", "--work-dir", str(tmp_path / name), "--iters", "2", "--batch-size", "2",
+                           "--quiet", "class_weights=sqrt", *extra, *tiny]) == 0
+        finals[name] = load_file(tmp_path / name / "final.safetensors")
+    out = capsys.readouterr().out
+    assert "class weights (square root of median-frequency balancing): soil" in out
+    key = "head.cls_emb"
+    assert key in finals["plain"] and not torch.equal(finals["plain"][key], finals["clipped"][key])
