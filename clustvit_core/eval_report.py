@@ -57,7 +57,7 @@ def format_markdown(result: EvalResult) -> str:
     lines = [f"# Evaluation: {result.model or 'model'} on {result.dataset}"
              + (f" ({result.split})" if result.split else ""), ""]
     if result.weights:
-        lines.append(f"weights: `{result.weights}`  ")
+        lines.append(f"weights: `{result.weights}`" + (f", run on {result.device}" if result.device else "") + "  ")
     lines += [f"{result.num_images} images, {mode}, keep_bias {result.keep_bias:g}", ""]
     tok = result.tokens
     g = result.gflops

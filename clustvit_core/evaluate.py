@@ -41,12 +41,14 @@ from .metrics import (
     SizeRecall, confusion_matrix, mean_iou, nan_to_none, per_class_accuracy, per_class_iou, pixel_accuracy,
 )
 from .palette import default_palette
-from .predictor import Prediction, SlideModel, labels_at, predict_batch
+from .predictor import Prediction, SlideModel, labels_at, model_device, predict_batch
 from .preprocessing import preprocess
 from .pseudo import pseudo_clusters
 from .readme import command_line, replace_section
-from .registry import build_model, parse_overrides, split_key_values
+from .registry import build_model, load_config, parse_overrides, split_key_values
 from .visualize import save_example_figure
+
+BACKENDS = ("torch", "onnxruntime")  # --backend
 
 HISTOGRAM_BINS = 16
 PROG = "python -m clustvit_core.evaluate"
@@ -226,10 +228,10 @@ def evaluate(model, dataset, *, size: int | None = None, max_images: int | None 
         raise ConfigError("show > 0 needs out_dir, the folder for the figures")
     n_flops = n if flops_images is None or flops_images < 0 else min(int(flops_images), n)
     exclude = sorted({int(c) for c in recall_exclude})
-    model_device = next(model.parameters()).device
-    device = model_device if device is None else torch.device(device)
-    if device.type != model_device.type or (device.index is not None and device.index != model_device.index):
-        raise ConfigError(f"evaluate: device={device} but the model is on {model_device}; move it with model.to({str(device)!r})")
+    on = model_device(model)
+    device = on if device is None else torch.device(device)
+    if device.type != on.type or (device.index is not None and device.index != on.index):
+        raise ConfigError(f"evaluate: device={device} but the model is on {on}; move it with model.to({str(device)!r})")
 
     conf = np.zeros((num_classes, num_classes), np.int64)
     size_recall = SizeRecall(num_classes, exclude)
@@ -406,6 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="added to the Cluster module's keep logit: > 0 keeps more tokens (default 0); several values "
                         "evaluate each (in out/.../keep_bias_B/) and print one sweep table: tokens, GFLOPs and mIoU per value")
     parser.add_argument("--device", default="cpu", help=f"{DEVICE_HELP} (default cpu)")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="torch, or onnxruntime with --weights FILE.onnx (python -m clustvit_core.export --onnx); "
+                        "FLOPs are counted with torch only (default torch)")
+    parser.add_argument("--providers", nargs="+", default=["cpu"], metavar="P",
+                        help="onnxruntime providers in order of preference: cpu, cuda, tensorrt (default cpu)")
     parser.add_argument("--batch", type=int, default=1, metavar="B", help="images per forward pass (default 1; --slide runs one at a time)")
     parser.add_argument("--num-images", type=int, default=None, metavar="N", help="evaluate only the first N images (default: all)")
     parser.add_argument("--flops-images", type=_flops_count, default=4, metavar="N",
@@ -419,6 +426,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="model config overrides, e.g. num_classes=3 img_size=384 (as in train)")
     return parser
+
+
+def load_onnx_model(name: str, weights: str | None, overrides: dict, providers, threads: int = 0):
+    """The OnnxModel of `--backend onnxruntime`: `weights` is the .onnx file, whose stored config must carry
+    the name `name` (so a result is never filed under the wrong model)."""
+    from .onnx_runtime import OnnxModel
+
+    if not weights or not str(weights).endswith(".onnx"):
+        raise ConfigError(f"--backend onnxruntime needs --weights FILE.onnx (got {weights!r}); "
+                          "write one with python -m clustvit_core.export WEIGHTS FILE.onnx")
+    if overrides:
+        raise ConfigError(f"--backend onnxruntime: the .onnx file fixes the model; drop {' '.join(overrides)}")
+    model = OnnxModel(weights, providers, threads=threads)
+    if Path(str(name)).stem != model.config.name:  # a registry name or a YAML path named like the model
+        raise ConfigError(f"{weights} holds model {model.config.name!r}, not {name!r}; name the model it was exported from")
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -437,7 +460,11 @@ def main(argv: list[str] | None = None) -> int:
         weights = None if args.weights == "none" else args.weights
         device = resolve_device(args.device, what="--device")
         torch.manual_seed(0)  # --weights none: the same random model every run
-        model = build_model(args.model, weights=weights, **overrides).to(device)
+        if args.backend == "onnxruntime":
+            model = load_onnx_model(args.model, weights, overrides, args.providers, args.threads or 0)
+            args.flops_images, device = 0, model.device
+        else:
+            model = build_model(args.model, weights=weights, **overrides).to(device)
         if args.size is not None:
             model.config.data.check_size(args.size, "--size")
         if weights is None:
@@ -458,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
                               recall_exclude=exclude, show=args.show, out_dir=out_dir, progress=not args.quiet)
             result.dataset, result.split, result.data_root = dataset_name, args.split, args.data_root
             result.weights, result.device, result.torch_threads = str(args.weights), str(device), torch.get_num_threads()
+            if args.backend == "onnxruntime":
+                result.device = f"onnxruntime ({', '.join(model.providers)})"
             write_report(result, out_dir)
             results.append(result)
             if not args.quiet and not sweep:

@@ -18,10 +18,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import RESIZE_MODES
+
+BACKENDS = ("auto", "torch", "onnxruntime")  # Segmenter(backend=...)
 from .devices import autocast_dtype, resolve_device
 from .errors import ConfigError, InputError
 from .preprocessing import letterbox, preprocess, rescale_shape
 from .registry import build_model
+
+
+def model_device(model) -> torch.device:
+    """Where a model's inputs go: the device of its parameters (an `OnnxModel` takes CPU tensors)."""
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 
 def _upsampled(logits: Tensor, size: tuple[int, int]) -> np.ndarray | Tensor:
@@ -146,7 +154,7 @@ def predict_batch(model: nn.Module, images: Sequence[np.ndarray], *, size: int |
     """
     data = model.config.data
     h, w = data.check_size(size or data.input_size, "size")
-    device = next(model.parameters()).device
+    device = model_device(model)
     if not slide:
         x = preprocess(list(images), (h, w), data.mean, data.std).to(device)
         out = model(x, keep_bias=keep_bias)
@@ -214,19 +222,44 @@ class Segmenter:
         threads: torch CPU threads (0 = leave torch's default).
         resize_mode: "stretch" (resize to the network size; aspect ratio lost) or "letterbox" (scale to fit,
             keep the aspect ratio, pad with the mean colour; predictions cropped back to the image).
+        backend: "torch", "onnxruntime" (the model, or weights, is an .onnx file from
+            `python -m clustvit_core.export --onnx`) or "auto" (onnxruntime for an .onnx file).
+        providers: onnxruntime providers in order of preference: cpu, cuda, tensorrt (fp16 with
+            precision="fp16"; TensorRT engines cached in `engine_cache`).
     """
 
     def __init__(self, model: str | dict, weights: str | None = None, *, device: str = "auto", precision: str = "fp32",
-                 input_size: int = 0, threads: int = 0, resize_mode: str = "stretch"):
+                 input_size: int = 0, threads: int = 0, resize_mode: str = "stretch", backend: str = "auto",
+                 providers: Sequence[str] = ("cpu",), engine_cache: str | None = None):
         if resize_mode not in RESIZE_MODES:
             raise ConfigError(f"resize_mode={resize_mode!r}: use one of {', '.join(RESIZE_MODES)}")
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend={backend!r}: use one of {', '.join(BACKENDS)}")
         self.resize_mode = resize_mode
-        self.device = resolve_device(device)
-        self.autocast_dtype = autocast_dtype(precision, self.device)
-        if threads:
-            torch.set_num_threads(int(threads))
-        self.model = build_model(model, weights="default" if weights in (None, "", "default") else weights)
-        self.model.to(self.device)
+        onnx_file = next((str(f) for f in (model, weights) if isinstance(f, str) and f.endswith(".onnx")), None)
+        self.backend = ("onnxruntime" if onnx_file else "torch") if backend == "auto" else backend
+        if self.backend == "onnxruntime":
+            from .onnx_runtime import OnnxModel
+
+            if onnx_file is None:
+                raise ConfigError(f"backend onnxruntime runs an .onnx file: give it as the model (or weights); "
+                                  f"write one with python -m clustvit_core.export WEIGHTS FILE.onnx")
+            self.device = torch.device("cpu")  # the session's inputs and outputs live on the host
+            self.autocast_dtype = None
+            self.model = OnnxModel(onnx_file, providers, fp16=precision == "fp16", cache_dir=engine_cache,
+                                   threads=threads)
+            if input_size and self.model.size != self.model.config.data.check_size(int(input_size), "input_size"):
+                raise ConfigError(f"input_size={input_size}: {onnx_file} was exported for "
+                                  f"{self.model.size[1]}x{self.model.size[0]}; export it again with --size")
+        else:
+            if onnx_file is not None:
+                raise ConfigError(f"{onnx_file}: an .onnx model runs with backend onnxruntime, not {backend}")
+            self.device = resolve_device(device)
+            self.autocast_dtype = autocast_dtype(precision, self.device)
+            if threads:
+                torch.set_num_threads(int(threads))
+            self.model = build_model(model, weights="default" if weights in (None, "", "default") else weights)
+            self.model.to(self.device)
         cfg = self.model.config
         self.config = cfg
         self.data = cfg.data

@@ -1,0 +1,172 @@
+"""ClustViT as an exportable graph: one image, its token merging intact.
+
+`ClustViT.forward` plans a padded batch and reads the longest sequence length on the host (`plan_merge`);
+a traced graph would freeze that length. Here the same computation for ONE image is written with
+data-dependent *shapes* instead: `nonzero` lists the kept tokens and the non-empty clusters, cluster
+means are a one-hot matrix product (k is small), and every scatter of the regeneration is a gather by an
+index computed with `cumsum`. ONNX has all of these (NonZero, CumSum, Gather, MatMul), so the exported
+graph keeps each image's own token count and the `keep_bias` knob as a graph input.
+
+Shapes (one image; N = h * w patch tokens, D width, k clusters):
+    ids      [N]      long, 0 = kept, 1..k = cluster (the Cluster module's argmax)
+    kept     [M]      indices of kept tokens, raster order
+    present  [P]      cluster indices (0-based) that enter the sequence: the non-empty ones (or all k
+                      with empty_clusters=zeros)
+    reduced  [M + P, D]  kept tokens, then one mean per present cluster (= `merge.merge_tokens` order)
+
+Tested against the eager model (`test/test_onnx.py`): same token counts, same logits.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .heads import UPerHead
+from .model import ClustViT
+
+
+def single_merge(x: Tensor, ids: Tensor, k: int, keep_empty: bool | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Reduce one image's patch tokens.
+
+    Args:
+        x: [N, D] patch tokens at the injection point. ids: [N] long cluster ids.
+        keep_empty: every cluster enters the sequence, an empty one as a zero token (the authors' forward);
+            a bool or a bool tensor [].
+    Returns:
+        reduced [M + P, D], kept [M] long, present_mask [k] bool.
+    """
+    kept = torch.nonzero(ids == 0)[:, 0]
+    one_hot = (ids[:, None] == torch.arange(1, k + 1, device=ids.device)[None]).to(x.dtype)  # [N, k]
+    counts = one_hot.sum(0)  # [k]
+    means = (one_hot.t() @ x) / counts.clamp(min=1)[:, None]  # [k, D]; zero for an empty cluster
+    present_mask = counts > 0
+    if isinstance(keep_empty, Tensor):
+        present_mask = present_mask | keep_empty
+    elif keep_empty:
+        present_mask = torch.ones_like(present_mask)
+    present = torch.nonzero(present_mask)[:, 0]
+    return torch.cat([x[kept], means[present]], dim=0), kept, present_mask
+
+
+def single_regenerate(y: Tensor, x_ip: Tensor, ids: Tensor, present_mask: Tensor, regenerator: nn.Module) -> Tensor:
+    """Restore every patch token of one image after the reduced blocks (= `merge.regenerate`).
+
+    Args:
+        y: [M + P, D] processed reduced tokens. x_ip: [N, D] tokens as they were when merged.
+        ids: [N] cluster ids. present_mask: [k] which clusters have a token in `y`.
+        regenerator: the model's `Regenerator` (its split first layer: the representative half once per cluster).
+    Returns:
+        [N, D]: kept tokens from `y`, clustered ones regenerated from their own token and their cluster's.
+    """
+    is_kept = ids == 0
+    num_kept = is_kept.sum()
+    length = num_kept + present_mask.sum()  # rows of y, as a tensor (a traced graph keeps it dynamic)
+    # row of each cluster's representative in y: after the M kept tokens, in cluster order (absent: any row)
+    rep_rows = num_kept + torch.cumsum(present_mask.long(), 0) - 1
+    reps = y[torch.minimum(rep_rows, length - 1).clamp(min=0)]  # [k, D]
+    dim = regenerator.dim
+    w_own, w_rep = regenerator.fc1.weight[:, :dim], regenerator.fc1.weight[:, dim:]
+    per_cluster = F.linear(reps, w_rep, regenerator.fc1.bias)  # [k, D]
+    clustered = torch.nonzero(~is_kept)[:, 0]  # [Nc]
+    hidden = F.linear(x_ip[clustered], w_own) + per_cluster[ids[clustered] - 1]
+    restored = regenerator.fc2(regenerator.act(hidden))  # [Nc, D]
+    # every grid position as a gather from [y; restored]: kept n -> its row in y, clustered n -> y rows + its rank
+    table = torch.cat([y, restored.to(y.dtype)], dim=0)
+    kept_rank = torch.cumsum(is_kept.long(), 0) - 1
+    clustered_rank = torch.cumsum((~is_kept).long(), 0) - 1
+    index = torch.where(is_kept, kept_rank, length + clustered_rank)
+    return table[index]
+
+
+def adaptive_pool_matrix(size_in: int, size_out: int) -> Tensor:
+    """[size_out, size_in] averaging matrix of `adaptive_avg_pool` along one axis: row i averages the inputs
+    floor(i * n / o) .. ceil((i + 1) * n / o) - 1, as PyTorch's bins."""
+    m = torch.zeros(size_out, size_in)
+    for i in range(size_out):
+        start, end = (i * size_in) // size_out, -(-((i + 1) * size_in) // size_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+class FixedAdaptiveAvgPool2d(nn.Module):
+    """`nn.AdaptiveAvgPool2d(out)` for one known input size, as two matrix products: exports to ONNX for
+    any sizes (the exporter's AdaptiveAvgPool2d needs the output to divide the input)."""
+
+    def __init__(self, size_in: tuple[int, int], size_out: int | tuple[int, int]):
+        super().__init__()
+        oh, ow = (size_out, size_out) if isinstance(size_out, int) else size_out
+        self.register_buffer("rows", adaptive_pool_matrix(size_in[0], oh), persistent=False)  # [oh, h]
+        self.register_buffer("cols", adaptive_pool_matrix(size_in[1], ow), persistent=False)  # [ow, w]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, C, h, w] -> [B, C, oh, ow]."""
+        return self.rows.to(x.dtype) @ x @ self.cols.t().to(x.dtype)
+
+
+class ExportGraph(nn.Module):
+    """A ClustViT (or plain ViT) for one image of a fixed size, in ops that export to ONNX.
+
+    forward(image [1, 3, H, W] normalized float, keep_bias [] float) ->
+        logits [1, C, H, W], cluster_ids [1, h, w] long (all 0 for a plain ViT), tokens [1] long.
+    """
+
+    def __init__(self, model: ClustViT, size: tuple[int, int]):
+        super().__init__()
+        self.size = tuple(int(v) for v in size)
+        p = model.backbone.patch_size
+        if self.size[0] % p or self.size[1] % p:
+            raise ValueError(f"size {self.size}: sides must be multiples of the patch size {p}")
+        self.grid = (self.size[0] // p, self.size[1] // p)
+        self.model = model = copy.deepcopy(model).eval()  # the caller's model is left as it is
+        bb = model.backbone
+        if isinstance(model.head, UPerHead):
+            for module in model.head.psp_modules:
+                module[0] = FixedAdaptiveAvgPool2d(self.grid, module[0].output_size)
+        # the position embedding at this size, resampled once (a constant of the graph)
+        self.register_buffer("pos_embed", bb.position_embedding(self.grid).detach().clone(), persistent=False)
+
+    def forward(self, image: Tensor, keep_bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        model, bb = self.model, self.model.backbone
+        h, w = self.grid
+        x = bb.patch_embed(image)
+        x = torch.cat([bb.cls_token, x], dim=1) + self.pos_embed  # [1, 1 + N, D]
+        out_indices = model.out_indices
+        features: dict[int, Tensor] = {}
+        if not bb.clustering:
+            for i, block in enumerate(bb.blocks):
+                x = block(x)
+                if i in out_indices:
+                    features[i] = bb.norm(x[:, 1:]) if i == bb.depth - 1 else x[:, 1:]
+            ids = torch.zeros(1, h * w, dtype=torch.long, device=image.device)
+            # keep_bias does nothing here; used (x 0) so that every exported model has the same two inputs
+            tokens = torch.full((1,), h * w, dtype=torch.long, device=image.device) + (keep_bias * 0).long()
+        else:
+            for i in range(bb.ip):
+                x = bb.blocks[i](x)
+                if i in out_indices:
+                    features[i] = x[:, 1:]
+            x_ip = x[0, 1:]  # [N, D]
+            logits = bb.cluster_mlp(x_ip)  # [N, k + 1]
+            keep = logits[:, :1] + keep_bias.to(logits.dtype)
+            ids = torch.cat([keep, logits[:, 1:]], dim=1).argmax(dim=1)  # [N]
+            keep_empty = bb.empty_clusters == "zeros"
+            if keep_empty:  # the authors' forward merges nothing (and adds no token) when the image holds one id
+                single_id = (ids == ids[0]).all()
+                ids = torch.where(single_id, torch.zeros_like(ids), ids)
+                keep_empty = ~single_id
+            reduced, kept, present_mask = single_merge(x_ip, ids, bb.k, keep_empty)
+            x = torch.cat([x[:, :1], reduced[None]], dim=1)
+            for i in range(bb.ip, bb.depth):
+                x = bb.blocks[i](x)
+                if i in out_indices:
+                    patches = single_regenerate(x[0, 1:], x_ip, ids, present_mask, bb.regenerator)[None]
+                    features[i] = bb.norm(patches) if i == bb.depth - 1 else patches
+            tokens = ((ids == 0).sum() + present_mask.sum())[None]  # [1]
+            ids = ids[None]
+        maps = [features[i].transpose(1, 2).reshape(1, bb.embed_dim, h, w) for i in sorted(features)]
+        logits = model.head(maps)
+        logits = F.interpolate(logits, size=self.size, mode="bilinear", align_corners=False)
+        return logits, ids.reshape(1, h, w), tokens.long()
