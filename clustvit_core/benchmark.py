@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import platform
 import re
 import statistics
@@ -37,10 +38,14 @@ from .data.labels import read_labels, read_rgb
 STEM_TAGS = re.compile(r"_(image|img|annotation|mask|label|labels|gt)$", re.IGNORECASE)
 
 
+BACKENDS = ("torch", "onnxruntime")
+
+
 @dataclass
 class Row:
     model: str
     clustering: bool
+    backend: str = "torch"
     tokens: list[float] = field(default_factory=list)
     flops: dict[str, list[float]] = field(default_factory=dict)
     seconds_total: list[float] = field(default_factory=list)
@@ -112,6 +117,17 @@ def run(args) -> list[Row]:
             twin.backbone.batch_mode = mode
             models.append(twin)
             names.append(f"{name} [{mode}]" if len(modes) > 1 else name)
+    torch_models = list(models)
+    backends = ["torch"] * len(models)
+    if "onnxruntime" in args.backends:  # the same models (same weights) exported; rows "NAME [onnxruntime]"
+        ort_models = [_onnx_twin(m, args.size, args.oracle_clusters is not None, args.threads) for m in torch_models]
+        if args.backends == ["onnxruntime"]:
+            models, backends = ort_models, ["onnxruntime"] * len(models)
+            names = [f"{n} [onnxruntime]" for n in names]
+        else:
+            models = models + ort_models
+            backends += ["onnxruntime"] * len(ort_models)
+            names = names + [f"{n} [onnxruntime]" for n in names]
     data0 = models[0].config.data
     for m in models[1:]:
         if (m.config.mean, m.config.std) != (data0.mean, data0.std):
@@ -127,7 +143,7 @@ def run(args) -> list[Row]:
         print("note: random weights without --oracle-clusters: token counts reflect an untrained Cluster module", file=sys.stderr)
 
     x_all = preprocess([s.image for s in samples], args.size, data0.mean, data0.std)
-    rows = [Row(name, m.clustering) for name, m in zip(names, models)]
+    rows = [Row(name, m.clustering, backend) for name, m, backend in zip(names, models, backends)]
     ids_per_model = []
     for m in models:
         if oracle and m.clustering:
@@ -135,11 +151,12 @@ def run(args) -> list[Row]:
         else:
             ids_per_model.append(None)
 
-    # FLOPs and tokens, image by image.
-    for m, row, ids in zip(models, rows, ids_per_model):
+    # FLOPs and tokens, image by image (FLOPs are counted on the torch model: an exported one computes the same).
+    for j, (m, row, ids) in enumerate(zip(models, rows, ids_per_model)):
+        counted = torch_models[j % len(torch_models)]
         for i in tqdm(range(len(samples)), desc=f"FLOPs {row.model}", leave=False, disable=args.quiet):
             kwargs = {"cluster_ids": ids[i : i + 1]} if ids is not None else {}
-            for part, value in flop_breakdown(m, x_all[i : i + 1], **kwargs).items():
+            for part, value in flop_breakdown(counted, x_all[i : i + 1], **kwargs).items():
                 row.flops.setdefault(part, []).append(value)
             with torch.inference_mode():
                 row.tokens.append(float(m(x_all[i : i + 1], **kwargs).tokens[0]))
@@ -156,6 +173,11 @@ def run(args) -> list[Row]:
         else:
             m(x_all[b], **kw)
 
+    def timed(m, ids, b, backbone_only) -> float:
+        if backbone_only and not hasattr(m, "backbone"):
+            return math.nan  # an exported graph runs as a whole
+        return _timed(lambda: call(m, ids, b, backbone_only))
+
     with torch.inference_mode():
         for _ in range(args.warmup):
             for b in batches:
@@ -167,9 +189,20 @@ def run(args) -> list[Row]:
                 row.seconds_total.append(0.0)
             for b in batches:
                 for m, row, ids in zip(models, rows, ids_per_model):
-                    row.seconds_backbone[-1] += _timed(lambda: call(m, ids, b, True))
-                    row.seconds_total[-1] += _timed(lambda: call(m, ids, b, False))
+                    row.seconds_backbone[-1] += timed(m, ids, b, True)
+                    row.seconds_total[-1] += timed(m, ids, b, False)
     return rows, len(samples)
+
+
+def _onnx_twin(model, size: int, oracle: bool, threads: int | None):
+    """`model` exported to a temporary ONNX file at size x size and loaded into an ONNX Runtime session."""
+    import tempfile
+
+    from .onnx_runtime import OnnxModel, export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx", size=(size, size), oracle=oracle)
+        return OnnxModel(path, threads=threads or torch.get_num_threads())
 
 
 def summarize(rows: list[Row], n_images: int) -> list[dict]:
@@ -178,7 +211,7 @@ def summarize(rows: list[Row], n_images: int) -> list[dict]:
 
     out = []
     for row in rows:
-        d = {"model": row.model, "clustering": row.clustering}
+        d = {"model": row.model, "clustering": row.clustering, "backend": row.backend}
         d["tokens_mean"], d["tokens_std"] = mean_std(row.tokens)
         for part, values in row.flops.items():
             d[f"gflops_{part}_mean"], d[f"gflops_{part}_std"] = (v / 1e9 for v in mean_std(values))
@@ -189,16 +222,21 @@ def summarize(rows: list[Row], n_images: int) -> list[dict]:
         for part in ("cluster", "regenerator"):
             d[f"{part}_share"] = float(statistics.fmean(p / t for p, t in zip(row.flops[part], row.flops["total"])))
         out.append(d)
-    reference = next((d for d in out if not d["clustering"]), None)
-    if reference is not None:
-        for d in out:
-            for part in ("backbone", "total"):
-                d[f"flop_ratio_{part}"] = reference[f"gflops_{part}_mean"] / d[f"gflops_{part}_mean"]
-                d[f"speedup_{part}"] = d[f"img_s_{part}"] / reference[f"img_s_{part}"]
-                d[f"speedup_vs_flop_ratio_{part}"] = d[f"speedup_{part}"] / d[f"flop_ratio_{part}"]
-            without = d["gflops_backbone_mean"] - d["gflops_cluster_mean"]
-            d["flop_ratio_backbone_without_cluster_mlp"] = reference["gflops_backbone_mean"] / without
+    for d in out:  # ratios against the plain ViT run by the same backend
+        reference = next((r for r in out if not r["clustering"] and r["backend"] == d["backend"]), None)
+        if reference is None:
+            continue
+        for part in ("backbone", "total"):
+            d[f"flop_ratio_{part}"] = reference[f"gflops_{part}_mean"] / d[f"gflops_{part}_mean"]
+            d[f"speedup_{part}"] = d[f"img_s_{part}"] / reference[f"img_s_{part}"]
+            d[f"speedup_vs_flop_ratio_{part}"] = d[f"speedup_{part}"] / d[f"flop_ratio_{part}"]
+        without = d["gflops_backbone_mean"] - d["gflops_cluster_mean"]
+        d["flop_ratio_backbone_without_cluster_mlp"] = reference["gflops_backbone_mean"] / without
     return out
+
+
+def _num(value, unit: str = "") -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.2f}{unit}"
 
 
 def format_table(summary: list[dict]) -> str:
@@ -214,19 +252,21 @@ def format_table(summary: list[dict]) -> str:
             f"{d['gflops_backbone_mean']:.2f} ± {d['gflops_backbone_std']:.2f}",
             f"{d['gflops_total_mean']:.2f} ± {d['gflops_total_std']:.2f}",
             f"{100 * d['cluster_regen_share']:.1f} %",
-            f"{d['img_s_backbone']:.2f}",
-            f"{d['img_s_total']:.2f}",
+            _num(d["img_s_backbone"]),
+            _num(d["img_s_total"]),
         ]
         if has_ref:
-            cells += [f"{d['flop_ratio_backbone']:.2f}×", f"{d['speedup_backbone']:.2f}×",
-                      f"{d['flop_ratio_total']:.2f}×", f"{d['speedup_total']:.2f}×"]
+            cells += [_num(d.get("flop_ratio_backbone"), "×"), _num(d.get("speedup_backbone"), "×"),
+                      _num(d.get("flop_ratio_total"), "×"), _num(d.get("speedup_total"), "×")]
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
     for d in summary:
         if d["clustering"]:
             note = (f"- {d['model']}: Cluster MLP {100 * d['cluster_share']:.1f} % and Regenerator "
                     f"{100 * d['regenerator_share']:.1f} % of all FLOPs")
-            if has_ref:
+            if "flop_ratio_total" in d and d["backend"] == "onnxruntime":
+                note += f"; whole-model speed-up = {100 * d['speedup_vs_flop_ratio_total']:.0f} % of the total FLOP ratio"
+            elif "flop_ratio_total" in d:
                 note += (f"; backbone speed-up = {100 * d['speedup_vs_flop_ratio_backbone']:.0f} % of the backbone FLOP ratio; "
                          f"backbone FLOP ratio without the Cluster MLP {d['flop_ratio_backbone_without_cluster_mlp']:.2f}×")
             notes.append(note)
@@ -257,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-modes", nargs="+", default=["auto"], choices=["auto", "pad", "split"],
                         help="how a batch of images with different token counts runs the reduced blocks: one padded, masked batch "
                         "(pad), image by image (split), or auto (split on CPU, pad on GPU); several modes give one row each")
+    parser.add_argument("--backends", nargs="+", default=["torch"], metavar="BACKEND",
+                        help="torch and/or onnxruntime: run the models with PyTorch (eager) and/or ONNX Runtime (CPU; each model "
+                        "exported at --size first); one row per model and backend, ratios within a backend (default torch)")
     parser.add_argument("--weights", default="none", help="'none' (random init, default: fine for FLOPs/speed with oracle clusters) or 'default' (the registry's trained weights)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes over the images (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="timed interleaved rounds; the median counts (default 3)")
@@ -269,10 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every model, e.g. backbone=small")
     args = parser.parse_intermixed_args(argv)
     args.models, given = split_key_values(args.models)
-    args.overrides = given + args.overrides
+    args.backends, given_after_backends = split_key_values(args.backends)
+    args.overrides = given + given_after_backends + args.overrides
     with cli_errors(parser.prog):
         if not args.models:
             raise ConfigError("--models: name at least one registry model, e.g. --models cwfid_vit cwfid_k3_ip3")
+        unknown = [b for b in args.backends if b not in BACKENDS]
+        if unknown or not args.backends:
+            raise ConfigError(f"--backends {' '.join(unknown)}: choose from {', '.join(BACKENDS)}")
         if args.batch < 1 or args.num_images < 1 or args.rounds < 1 or args.warmup < 0:
             raise ConfigError("--batch, --num-images and --rounds must be >= 1, --warmup >= 0")
         args.overrides = parse_overrides(args.overrides)

@@ -26,6 +26,7 @@ from .errors import ConfigError, InputError, WeightsError
 METADATA_KEY = "clustvit_config"
 INPUTS = ("image", "keep_bias")
 OUTPUTS = ("logits", "cluster_ids", "tokens")
+ORACLE_INPUT = "oracle_ids"  # graphs exported with oracle=True: cluster ids [1, h, w] given, not chosen
 DEFAULT_OPSET = 17
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 PROVIDER_INSTALL = {
@@ -59,9 +60,10 @@ def _ort():
 
 
 def export_onnx(model, dst: str | Path, size: tuple[int, int] | None = None, opset: int = DEFAULT_OPSET,
-                provenance: dict | None = None) -> Path:
+                provenance: dict | None = None, oracle: bool = False) -> Path:
     """Write `model` (a ClustViT, eval, fp32) as an ONNX graph for images of `size` (default: the model's
-    input size); its config and `provenance` go into the metadata. Returns the written path (atomic)."""
+    input size); its config and `provenance` go into the metadata. Returns the written path (atomic).
+    `oracle`: a third input `oracle_ids` [1, h, w] replaces the Cluster module's choice (benchmarks)."""
     import torch
 
     from .onnx_graph import ExportGraph
@@ -69,16 +71,21 @@ def export_onnx(model, dst: str | Path, size: tuple[int, int] | None = None, ops
     onnx = _onnx()
     cfg: ModelConfig = model.config
     h, w = cfg.data.check_size(size or cfg.data.input_size, "--size")
-    graph = ExportGraph(model.float().cpu().eval(), (h, w))
+    graph = ExportGraph(model.float().cpu().eval(), (h, w), oracle=oracle)
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
     try:
         example = (torch.zeros(1, 3, h, w), torch.tensor(0.0))
+        inputs = list(INPUTS)
+        if graph.oracle:
+            p = cfg.patch_size
+            example += (torch.zeros(1, h // p, w // p, dtype=torch.long),)
+            inputs.append(ORACLE_INPUT)
         with torch.no_grad(), _quiet_exporter():
             # The TorchScript exporter records NonZero / CumSum with data-dependent shapes as they are; see
             # the README (Deployment) for why not the dynamo exporter.
-            torch.onnx.export(graph, example, str(tmp), dynamo=False, input_names=list(INPUTS),
+            torch.onnx.export(graph, example, str(tmp), dynamo=False, input_names=inputs,
                               output_names=list(OUTPUTS), opset_version=int(opset), do_constant_folding=True)
         proto = onnx.load(str(tmp))
         meta = {METADATA_KEY: json.dumps({**cfg.to_dict(), "img_size": [h, w]}),
@@ -214,7 +221,8 @@ class OnnxModel:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WeightsError(f"{self.path}: ONNX Runtime cannot load it ({first}); export it again") from None
         names = tuple(i.name for i in self.session.get_inputs()), tuple(o.name for o in self.session.get_outputs())
-        if names != (INPUTS, OUTPUTS):
+        self.oracle = names[0] == (*INPUTS, ORACLE_INPUT)
+        if names not in ((INPUTS, OUTPUTS), ((*INPUTS, ORACLE_INPUT), OUTPUTS)):
             raise WeightsError(f"{self.path}: inputs/outputs {names}, expected {(INPUTS, OUTPUTS)}; "
                                "export it with python -m clustvit_core.export --onnx")
         self.providers = self.session.get_providers()
@@ -234,13 +242,20 @@ class OnnxModel:
     def to(self, *args, **kwargs) -> OnnxModel:
         return self
 
-    def run(self, image: np.ndarray, keep_bias: float = 0.0) -> tuple[np.ndarray, np.ndarray, int]:
-        """One normalized float32 image [1, 3, H, W] -> (logits [1, C, H, W], cluster ids [1, h, w], tokens)."""
+    def run(self, image: np.ndarray, keep_bias: float = 0.0,
+            cluster_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """One normalized float32 image [1, 3, H, W] -> (logits [1, C, H, W], cluster ids [1, h, w], tokens).
+        `cluster_ids` [1, h, w] only for a graph exported with oracle=True (and then required)."""
         if tuple(image.shape[-2:]) != tuple(self.size):
             raise InputError(f"{self.path.name} was exported for {self.size[1]}x{self.size[0]} images, got "
                              f"{image.shape[-1]}x{image.shape[-2]}: resize, or export again with --size H W")
-        logits, ids, tokens = self.session.run(None, {"image": np.ascontiguousarray(image, np.float32),
-                                                      "keep_bias": np.asarray(keep_bias, np.float32)})
+        feed = {"image": np.ascontiguousarray(image, np.float32), "keep_bias": np.asarray(keep_bias, np.float32)}
+        if (cluster_ids is not None) != self.oracle:
+            raise InputError(f"{self.path.name}: cluster_ids are {'required' if self.oracle else 'not accepted'} "
+                             f"(oracle clusters need a graph exported for them)")
+        if cluster_ids is not None:
+            feed[ORACLE_INPUT] = np.ascontiguousarray(cluster_ids, np.int64)
+        logits, ids, tokens = self.session.run(None, feed)
         return logits, ids, int(tokens[0])
 
     def __call__(self, images, cluster_ids=None, keep_bias: float = 0.0):
@@ -249,11 +264,10 @@ class OnnxModel:
 
         from .model import ClustViTOutput
 
-        if cluster_ids is not None:
-            raise InputError("oracle cluster ids are not supported by the onnxruntime backend: the exported "
-                             "graph clusters with its own Cluster module")
         batch = images.detach().float().cpu().numpy()
-        parts = [self.run(batch[b : b + 1], keep_bias) for b in range(batch.shape[0])]
+        ids_in = None if cluster_ids is None else cluster_ids.detach().cpu().numpy()
+        parts = [self.run(batch[b : b + 1], keep_bias, None if ids_in is None else ids_in[b : b + 1])
+                 for b in range(batch.shape[0])]
         logits = torch.from_numpy(np.concatenate([p[0] for p in parts]))
         ids = torch.from_numpy(np.concatenate([p[1] for p in parts])) if self.clustering else None
         tokens = torch.tensor([p[2] for p in parts], dtype=torch.long)

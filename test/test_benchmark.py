@@ -29,6 +29,22 @@ def test_benchmark_on_cwfid_with_oracle_clusters(tmp_path, capsys):
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "| cwfid_k3_ip3 |" in text
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_both_backends_in_one_table(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    out_json = tmp_path / "b.json"
+    argv = ["--models", "cwfid_vit", "cwfid_k3_ip3", "--backends", "torch", "onnxruntime", "--images", "cwfid:test",
+            "--num-images", "2", "--size", "128", "--oracle-clusters", "--rounds", "1", "--warmup", "0", "--quiet",
+            "--json", str(out_json), *TINY_SET]
+    assert benchmark.main(argv) == 0
+    rows = {r["model"]: r for r in json.loads(out_json.read_text())["rows"]}
+    assert set(rows) == {"cwfid_vit", "cwfid_k3_ip3", "cwfid_vit [onnxruntime]", "cwfid_k3_ip3 [onnxruntime]"}
+    # the exported graph runs the same oracle clusters: the same tokens per image; ratios within each backend
+    assert rows["cwfid_k3_ip3 [onnxruntime]"]["tokens_mean"] == rows["cwfid_k3_ip3"]["tokens_mean"] < 64
+    assert rows["cwfid_vit [onnxruntime]"]["speedup_total"] == 1.0 and rows["cwfid_vit"]["speedup_total"] == 1.0
+    assert "| cwfid_k3_ip3 [onnxruntime] |" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -36,6 +52,7 @@ def test_benchmark_on_cwfid_with_oracle_clusters(tmp_path, capsys):
         (["--models", "cwfid_vit", "--size", "100"], "--size 100"),
         (["--models", "cwfid_vit", "--images", "/does/not/exist"], "not a folder"),
         (["--models", "cwfid_vit", "=small"], "must look like key=value"),
+        (["--models", "cwfid_vit", "--backends", "tensorflow"], "--backends tensorflow: choose from torch, onnxruntime"),
     ],
 )
 def test_benchmark_user_errors_are_one_line(args, message):
