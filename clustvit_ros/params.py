@@ -17,6 +17,13 @@ from clustvit_core.errors import ConfigError
 from clustvit_core.config import RESIZE_MODES
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+BACKENDS = ("auto", "torch", "onnxruntime")  # = clustvit_core.predictor.BACKENDS (which imports torch)
+PROVIDERS = ("cpu", "cuda", "tensorrt")  # = clustvit_core.onnx_runtime.PROVIDERS
+
+
+def provider_list(text: str) -> list[str]:
+    """'tensorrt, cuda,cpu' -> ['tensorrt', 'cuda', 'cpu']."""
+    return [p.strip() for p in str(text).split(",") if p.strip()]
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,8 @@ class Param:
 
 PARAMETERS: tuple[Param, ...] = (
     Param("model", "synthetic_agri_k3_ip3",
-          "Model registry name (config/models/NAME.yaml) or a path to a model YAML.", configure=True),
+          "Model registry name (config/models/NAME.yaml), a path to a model YAML, or an exported .onnx file.",
+          configure=True),
     Param("weights", "",
           "Weights file (.safetensors or weights-only .pth); empty = the file the registry entry names.",
           configure=True),
@@ -53,6 +61,15 @@ PARAMETERS: tuple[Param, ...] = (
     Param("input_size", 0, "Network input side in pixels (a multiple of the model's patch size, checked on start); "
           "0 = the model's training size.",
           range=(0, 4096), configure=True),
+    Param("backend", "auto",
+          "Inference backend: torch, onnxruntime (model is an .onnx file from python -m clustvit_core.export --onnx) "
+          "or auto (onnxruntime for an .onnx model).", choices=BACKENDS, configure=True),
+    Param("providers", "cpu",
+          "onnxruntime providers, comma-separated in order of preference: cpu, cuda, tensorrt (precision fp16 "
+          "enables TensorRT fp16).", configure=True),
+    Param("engine_cache", "",
+          "Folder where TensorRT keeps its built engines (built once per model and GPU); empty = no cache.",
+          configure=True),
     Param("resize_mode", "stretch",
           "How frames reach the network's input: stretch (resize; aspect ratio lost) or letterbox (scale to fit, "
           "keep the aspect ratio, pad with the mean colour; masks cropped back).", choices=RESIZE_MODES,
@@ -103,6 +120,12 @@ def check_value(name: str, value) -> str | None:
             return str(exc)
     if name == "resize_mode" and value not in RESIZE_MODES:
         return f"resize_mode={value!r}: use {' or '.join(RESIZE_MODES)}"
+    if name == "backend" and value not in BACKENDS:
+        return f"backend={value!r}: use {', '.join(BACKENDS)}"
+    if name == "providers":
+        bad = [p for p in provider_list(value) if p not in PROVIDERS] or ([] if provider_list(value) else [""])
+        if bad:
+            return f"providers={value!r}: give a comma-separated list of {', '.join(PROVIDERS)}"
     if name == "model" and not str(value).strip():
         return "model is empty: name a registered model (config/models/NAME.yaml) or a YAML path"
     return None

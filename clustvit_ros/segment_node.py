@@ -45,7 +45,7 @@ from clustvit_core.visualize import cluster_overlay, colorize
 from clustvit_ros import interface as api
 from clustvit_ros.images import FrameError, array_to_image, check_compressed, check_image, image_to_rgb
 from clustvit_ros.interface import NODE_NAME
-from clustvit_ros.params import BY_NAME, PARAMETERS, Param, check_value
+from clustvit_ros.params import BY_NAME, PARAMETERS, Param, check_value, provider_list
 
 UNLABELED = {np.uint8: 255, np.uint16: 65535}  # mask value of pixels without a class, by mask dtype
 WARN_PERIOD_S = 5.0  # throttle of per-frame warnings
@@ -163,7 +163,9 @@ class SegmentNode(LifecycleNode):
         p = self._param
         try:
             seg = Segmenter(p("model"), p("weights") or None, device=p("device"), precision=p("precision"),
-                            input_size=p("input_size"), threads=p("threads"), resize_mode=p("resize_mode"))
+                            input_size=p("input_size"), threads=p("threads"), resize_mode=p("resize_mode"),
+                            backend=p("backend"), providers=provider_list(p("providers")),
+                            engine_cache=p("engine_cache") or None)
             seg.warm_up()
         except ClustViTError as exc:
             self.configure_error = str(exc)
@@ -171,9 +173,10 @@ class SegmentNode(LifecycleNode):
                 self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         self.segmenter, self.configure_error = seg, ""
-        self.get_logger().info(
-            f"model {seg.name} ({seg.num_classes} classes, k={seg.k}) on {seg.device} {seg.precision}, "
-            f"input {seg.size[1]}x{seg.size[0]}")  # size: (h, w)
+        runs_on = (f"onnxruntime ({', '.join(seg.model.providers)})" if seg.backend == "onnxruntime"
+                   else f"{seg.device} {seg.precision}")
+        self.get_logger().info(f"model {seg.name} ({seg.num_classes} classes, k={seg.k}) on {runs_on}, "
+                               f"input {seg.size[1]}x{seg.size[0]}")  # size: (h, w)
 
         # Reliable, depth 1: served to reliable (the tutorials' default) and best-effort subscribers alike,
         # and never a queue of stale frames; `qos_overrides./segment_node/mask.publisher.*` change it.
@@ -445,6 +448,7 @@ class SegmentNode(LifecycleNode):
         values = {
             "model": seg.name if seg is not None else str(self._param("model")), "device": device,
             "precision": str(self._param("precision")), "lifecycle_state": self.state_label,
+            "backend": seg.backend if seg is not None else str(self._param("backend")),
             "enabled": str(enabled).lower(),
             "input_topic": self._input_topic(), "rate_hz": f"{rate:.2f}",
             "latency_mean_ms": f"{np.mean(latencies):.1f}" if latencies else "",

@@ -573,6 +573,57 @@ def test_big_endian_mono16_frame_is_segmented(node):
     np.testing.assert_array_equal(pixels(node.images(header, ["mask"])["mask"]), pixels(little))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_onnxruntime_backend_same_outputs_as_torch(node, tmp_path):
+    """The demo model exported to ONNX, run by a second node with backend auto (model:=FILE.onnx): the same
+    mask and token counts as the torch node for the same frame, stats and headers alike, and a malformed
+    frame is rejected while the node keeps running."""
+    pytest.importorskip("onnxruntime")
+    from clustvit_core.onnx_runtime import export_onnx
+    from clustvit_core.registry import build_model
+
+    onnx_path = export_onnx(build_model("synthetic_agri_k3_ip3", weights="default"), tmp_path / "demo.onnx")
+    env = fresh_env(tmp_path / "ros_log")
+    log_file = tmp_path / "out.txt"
+    with open(log_file, "w") as out:
+        proc = start_ros_process(NODE_CMD + ["-p", f"model:={onnx_path}", "-p", "diagnostics_period:=0.2"], env,
+                                 stdout=out, stderr=subprocess.STDOUT)
+    image = scene(7)
+    torch_header = node.send(image)
+    torch_stats, torch_mask = node.stats(torch_header), pixels(node.images(torch_header, ["mask"])["mask"])
+    try:
+        with rclpy_context(env) as ctx:
+            obs = Observer(ctx, proc, log_file)
+            obs.wait(lambda: obs.node.count_subscribers("/image") > 0, START_TIMEOUT_S, "the onnxruntime node")
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                header = obs.send(image)
+                if wait_for(lambda: obs.of("stats", header) and obs.of("mask", header), obs.executor, 3.0):
+                    break
+                assert time.monotonic() < deadline, f"no output\n{obs.output()}"
+            stats, mask = obs.of("stats", header)[0], pixels(obs.of("mask", header)[0])
+            bad = Image(height=H, width=W, encoding="rgb8", step=3 * W)
+            bad.data = bytes(10)  # far too short
+            obs.send_raw(bad)
+            good = obs.send(scene(8))
+            obs.stats(good)
+            obs.wait(lambda: obs.latest_counters().get("rejected", 0) >= 1, 10.0, "the rejected frame counted")
+            status = obs.received["diagnostics"][-1][1]
+            obs.executor.shutdown()
+            obs.node.destroy_node()
+        code, _ = stop_ros_process(proc, timeout=15.0)
+    finally:
+        if proc.poll() is None:
+            stop_ros_process(proc)
+    assert code == 0 and "Traceback" not in log_file.read_text()
+    assert "onnxruntime (CPUExecutionProvider)" in log_file.read_text()
+    assert diag_values(status)["backend"] == "onnxruntime"
+    assert key(stats.header) == key(header) and stats.model_name == torch_stats.model_name
+    assert (stats.tokens, stats.kept_tokens, stats.clusters_used) == (
+        torch_stats.tokens, torch_stats.kept_tokens, torch_stats.clusters_used)
+    assert (mask == torch_mask).mean() >= 0.999
+
+
 def test_sigint_stops_the_node_cleanly(node):
     """Last test of the shared node: SIGINT (what stop_ros_process sends) while frames are being
     segmented -> exit 0, no traceback, no ERROR (issue 12: 'inference failed: ... context is invalid')."""
@@ -778,3 +829,4 @@ def test_lifecycle_transitions_over_the_lifecycle_services(tmp_path):
             stop_ros_process(proc)
     out = log_file.read_text()
     assert code == 0 and "Traceback" not in out, out
+
