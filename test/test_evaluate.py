@@ -282,3 +282,26 @@ def test_cli_keep_bias_sweep_writes_one_table(tiny, tmp_path, monkeypatch):
     assert low["tokens"]["mean"] <= high["tokens"]["mean"]
     rows = [line for line in readme.read_text().splitlines() if line.startswith("| 0 |") or line.startswith("| 50 |")]
     assert len(rows) == 2 and "100.0 %" in rows[1]
+
+
+def test_two_models_in_one_comparison_table(tmp_path, monkeypatch, capsys):
+    """A ViT and its ClustViT evaluated alike: one table, one row each, the ClustViT against the ViT."""
+    monkeypatch.setattr(ev, "build_dataset", lambda *a, **k: TinyDataset(3))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- BEGIN benchmark:cmp -->\n<!-- END benchmark:cmp -->\n")
+    plain = [s for s in TINY_SET if not s.startswith("ip=")]  # overrides apply to every model
+    vit_yaml, clust_yaml = tmp_path / "tiny_vit.yaml", tmp_path / "tiny_k3_ip1.yaml"
+    models = Path(__file__).resolve().parents[1] / "config" / "models"
+    vit_yaml.write_text(f"base: {models / 'cwfid_vit'}\n")
+    clust_yaml.write_text(f"base: {models / 'cwfid_k3_ip3'}\nip: 1\n")
+    argv = [str(vit_yaml), str(clust_yaml), "--weights", "none", "none", "--out", str(tmp_path / "eval"), "--quiet",
+            "--flops-images", "1", "--update-readme", str(readme), "--readme-section", "cmp", *plain]
+    assert ev.main(argv) == 0
+    table = readme.read_text()
+    assert "| tiny_vit |" in table and "| tiny_k3_ip1 |" in table
+    assert "- tiny_k3_ip1 vs tiny_vit: mIoU" in table and "fewer GFLOPs" in table
+    assert (tmp_path / "eval" / "tiny_vit_test" / "metrics.json").is_file()
+    assert (tmp_path / "eval" / "tiny_k3_ip1_test" / "metrics.json").is_file()
+    with pytest.raises(SystemExit):
+        ev.main([str(vit_yaml), str(clust_yaml), "--weights", "none", "--quiet", *plain])
+    assert "2 model(s) and 1 --weights" in capsys.readouterr().err
