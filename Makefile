@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ROS_STAMP := $(VENV)/.ros-built
 
-.PHONY: setup demo test train-cwfid evaluate-cwfid benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo evaluate-keep-bias clean
+.PHONY: setup demo test train-cwfid evaluate-cwfid evaluate-cwfid-bag benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo evaluate-keep-bias clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ train-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.train cwfid_k3_ip3 $(CWFID_RECIPE)
 	$(PY) -m clustvit_core.export work_dirs/cwfid_vit/final.safetensors $(CWFID_WEIGHTS)/cwfid_vit.safetensors
 	$(PY) -m clustvit_core.export work_dirs/cwfid_k3_ip3/final.safetensors $(CWFID_WEIGHTS)/cwfid_k3_ip3.safetensors
+
+# The real-data version of the main job: a rosbag of the 21 CWFID test images (full 1296x966 frames, 1 Hz) through
+# the node with the trained ClustViT (make train-cwfid first): mIoU, latency, tokens (README section ros-cwfid).
+evaluate-cwfid-bag: $(ROS_STAMP)
+	rm -rf out/bags/cwfid_test
+	$(PY) -m clustvit_ros.make_bag out/bags/cwfid_test --dataset cwfid:test --rate 1
+	$(PY) -m clustvit_ros.evaluate_bag out/bags/cwfid_test --model cwfid_k3_ip3 --device cpu --threads 2 --gt-topic /labels --json out/eval/cwfid_bag.json --quiet --update-readme README.md --readme-section ros-cwfid
 
 # The README's CWFID accuracy table: both trained models on the 21 test images at 784x588, one table.
 evaluate-cwfid: $(STAMP)

@@ -86,27 +86,11 @@ def markdown(r: dict, args: argparse.Namespace, command: str) -> str:
 
     import torch
 
-    from clustvit_ros.evaluate_bag import fmt_number
+    from clustvit_ros.evaluate_bag import format_markdown
 
-    lat = r["latency_ms"]
-    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    per_class = ", ".join(f"{name} {pct(v)}" for name, v in (r["per_class_iou"] or {}).items())
-    return "\n".join([
-        f"`{command}`",
-        "",
-        f"{r['frames_in']} synthetic {args.kind} frames {args.size} at {args.rate:g} Hz, model {r['model']}, "
-        f"{torch.get_num_threads()} CPU threads ({platform.machine()}), device {args.device}",
-        "",
-        "| frames in | processed | dropped | rejected | lost | output fps | latency p50 / p95 / p99 ms "
-        "| inference ms | tokens (of patch tokens) | mIoU |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| {r['frames_in']} | {r['frames_processed']} | {r['frames_dropped']} | {r['frames_rejected']} "
-        f"| {r['frames_lost']} | {fmt_number(r['fps'])} | {fmt_number(lat['p50'], '.0f')} / "
-        f"{fmt_number(lat['p95'], '.0f')} / {fmt_number(lat['p99'], '.0f')} | {fmt_number(r['inference_ms_mean'], '.0f')} "
-        f"| {fmt_number(r['tokens_mean'], '.0f')} ({r['patch_tokens']}) | {pct(r['miou'])} |",
-        "",
-        f"Per-class IoU: {per_class}.",
-    ])
+    setup = (f"{r['frames_in']} synthetic {args.kind} frames {args.size} at {args.rate:g} Hz, model {r['model']}, "
+             f"{torch.get_num_threads()} CPU threads ({platform.machine()}), device {args.device}")
+    return format_markdown(r, setup, command)
 
 
 if __name__ == "__main__":

@@ -31,11 +31,12 @@ from clustvit_ros import interface as api
 from clustvit_ros.bags import COMPRESSED_TYPE, list_topics, read_label_images, select_topics, stamp_ns
 from clustvit_ros.interface import NODE_NAME
 from clustvit_ros.launch_args import config_file
+from clustvit_core.readme import command_line, replace_section
 from clustvit_ros.params import add_options, ros_arguments, typed_values
 
 PROG = "python -m clustvit_ros.evaluate_bag"
 DEFAULT_TOPIC = "/camera/image_raw"  # make_bag's default
-NODE_OPTIONS = ("weights", "device", "precision", "input_size", "keep_bias", "threads")  # node parameters as options
+NODE_OPTIONS = ("weights", "device", "precision", "input_size", "resize_mode", "keep_bias", "threads")  # node parameters as options
 DIAGNOSTICS_PERIOD = 0.2  # s: the node's cumulative counters arrive soon after the last frame
 
 
@@ -149,6 +150,25 @@ def format_summary(r: dict) -> str:
     if r["miou"] is not None:
         per_class = ", ".join(f"{k} {fmt_number(None if v is None else 100 * v)}" for k, v in r["per_class_iou"].items())
         lines.append(f"mIoU {100 * r['miou']:.1f} % over {r['frames_scored']} frames ({per_class})")
+    return "\n".join(lines)
+
+
+def format_markdown(r: dict, setup: str, command: str) -> str:
+    """A run as a README section: the command, a setup line, one table row, the per-class IoU."""
+    lat = r["latency_ms"]
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines = [
+        f"`{command}`", "", setup, "",
+        "| frames in | processed | dropped | rejected | lost | output fps | latency p50 / p95 / p99 ms "
+        "| inference ms | tokens (of patch tokens) | mIoU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {r['frames_in']} | {r['frames_processed']} | {r['frames_dropped']} | {r['frames_rejected']} "
+        f"| {r['frames_lost']} | {fmt_number(r['fps'])} | {fmt_number(lat['p50'], '.0f')} / "
+        f"{fmt_number(lat['p95'], '.0f')} / {fmt_number(lat['p99'], '.0f')} | {fmt_number(r['inference_ms_mean'], '.0f')} "
+        f"| {fmt_number(r['tokens_mean'], '.0f')} ({r['patch_tokens']}) | {pct(r['miou'])} |",
+    ]
+    if r["per_class_iou"]:
+        lines += ["", "Per-class IoU: " + ", ".join(f"{name} {pct(v)}" for name, v in r["per_class_iou"].items()) + "."]
     return "\n".join(lines)
 
 
@@ -402,6 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("bag", metavar="BAG", help="rosbag2 bag folder (sqlite3 or mcap)")
     parser.add_argument("--model", required=True, help="registry name or model YAML (the node's `model`)")
     add_options(parser, NODE_OPTIONS)
+    parser.add_argument("--update-readme", metavar="README",
+                        help="also write the result (command, setup, table) into the file's marked section")
+    parser.add_argument("--readme-section", default="ros-bag", metavar="SECTION",
+                        help="marker name for --update-readme: <!-- BEGIN benchmark:SECTION --> (default ros-bag)")
     parser.add_argument("--topic", default=DEFAULT_TOPIC,
                         help=f"Image or CompressedImage topic in the bag (default {DEFAULT_TOPIC})")
     parser.add_argument("--gt-topic", help="topic of mono8 label images (255 = unlabeled) for mIoU, matched by stamp")
@@ -422,13 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _main(args)
+        return _main(args, argv)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     with cli_errors(PROG):
         if args.rate < 0:
             raise InputError(f"--rate {args.rate}: must be >= 0")
@@ -448,6 +472,14 @@ def _main(args: argparse.Namespace) -> int:
             print(f"plot: {save_plot(result, args.plot)}")
         if result["saved_images"]:
             print(f"images: {len(result['saved_images'])} PNGs in {args.save_images}")
+        if args.update_readme:
+            import platform
+
+            setup = (f"{result['frames_in']} frames of {Path(args.bag).name} at {fmt_number(result['input_fps'])} fps, "
+                     f"model {result['model']}, resize_mode {args.resize_mode}, {platform.machine()}, "
+                     f"device {args.device}, threads {args.threads or 'default'}")
+            replace_section(args.update_readme, args.readme_section,
+                            format_markdown(result, setup, command_line("clustvit_ros.evaluate_bag", argv)))
     return 0
 
 

@@ -110,9 +110,15 @@ def test_mono16_masks_are_scored():
 def test_cli_writes_json_and_rejects_bad_input(small_bag, tmp_path):
     env = ros_env(tmp_path / "log")
     out = tmp_path / "report.json"
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- BEGIN benchmark:bag -->\nold\n<!-- END benchmark:bag -->\nb\n")
     proc = run_cli([str(small_bag), "--model", "synthetic_agri_k3_ip3", "--device", "cpu", "--rate", "0",
-                    "--reliable", "--json", str(out), "--quiet"], env)
+                    "--reliable", "--json", str(out), "--quiet", "--resize-mode", "letterbox",
+                    "--update-readme", str(readme), "--readme-section", "bag"], env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    section = readme.read_text()
+    assert "`python -m clustvit_ros.evaluate_bag " in section and "| frames in |" in section and "old" not in section
+    assert "resize_mode letterbox" in section
     report = json.loads(out.read_text())
     assert report["frames_in"] == 12 and report["miou"] is None  # no --gt-topic: no mIoU
     # as fast as possible: the node's depth-1 input queue overwrites frames before its callback sees
