@@ -75,7 +75,9 @@ class ModelConfig:
     empty_clusters ("drop": an empty cluster leaves the sequence, ours; "zeros": every image keeps k
     cluster tokens, an empty one as a zero token others attend to, and a batch whose tokens all carry
     one id is not merged at all: the ClustViT authors' forward, the default of converted checkpoints),
-    head (segmenter | uper), head_layers, uper_indices, uper_channels, drop_path_rate.
+    cts_reduction (CTS, Content-aware Token Sharing, instead of clustering: a policy network picks 2x2
+    patch groups that become one token each, so that this fraction of the patch tokens is removed; None
+    = no sharing), head (segmenter | uper), head_layers, uper_indices, uper_channels, drop_path_rate.
     Classes: num_classes, class_names, palette (RGB per class).
     Input: mean, std (RGB, 0-255 scale).
     Provenance and training: name, dataset (data registry name), weights (trained weights file name),
@@ -99,6 +101,7 @@ class ModelConfig:
     ip: int | None = None
     cluster_hidden: int | None = None
     empty_clusters: str = "drop"
+    cts_reduction: float | None = None
     head: str = "segmenter"
     head_layers: int = 2
     uper_indices: tuple[int, ...] | None = None
@@ -153,6 +156,15 @@ class ModelConfig:
                 raise ConfigError(f"{where}: k={self.k!r}; use k >= 1 clusters, or k=None and ip=None for a plain ViT")
             if not _is_int(self.ip) or not 0 <= self.ip < self.depth:
                 raise ConfigError(f"{where}: ip={self.ip!r}: the injection point must be a block index in 0..{self.depth - 1} (depth={self.depth})")
+        if self.cts_reduction is not None:
+            r = self.cts_reduction
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 0.75:
+                raise ConfigError(f"{where}: cts_reduction={r!r}; use a fraction of the patch tokens in (0, 0.75) "
+                                  "(sharing every 2x2 group removes 3/4 of them), or null")
+            if self.k is not None:
+                raise ConfigError(f"{where}: cts_reduction and k/ip both set: a model shares tokens (CTS) or clusters "
+                                  "them (ClustViT), not both")
+            set_("cts_reduction", float(r))
         if self.empty_clusters not in EMPTY_CLUSTERS:
             raise ConfigError(f"{where}: empty_clusters={self.empty_clusters!r}; choose one of {', '.join(EMPTY_CLUSTERS)}")
         if self.head not in HEADS:
@@ -169,8 +181,18 @@ class ModelConfig:
 
     @property
     def clustering(self) -> bool:
-        """True for a ClustViT, False for the plain ViT."""
+        """True for a ClustViT, False for the plain ViT (and for CTS)."""
         return self.k is not None
+
+    @property
+    def sharing(self) -> bool:
+        """True for a CTS model (Content-aware Token Sharing)."""
+        return self.cts_reduction is not None
+
+    @property
+    def kind(self) -> str:
+        """'clustvit', 'cts' or 'vit' (the plain baseline)."""
+        return "clustvit" if self.clustering else "cts" if self.sharing else "vit"
 
     def replace(self, **changes) -> ModelConfig:
         """A copy with `changes` applied (validated again)."""

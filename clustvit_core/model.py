@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .config import BACKBONES, ModelConfig
 from .merge import assign_clusters, attention_mask, merge_tokens, plan_merge, regenerate
+from .share import group_positions, group_tokens, groups_to_share, plan_sharing, share_tokens, unshare_tokens
 from .errors import ConfigError, InputError
 from .heads import SegmenterHead, UPerHead, init_linear_layers
 
@@ -55,12 +56,14 @@ class ClustViTOutput:
     cluster_ids:    [B, H/p, W/p] long (p = patch size), 0 = kept token, 1..k = cluster; None for the plain ViT.
     cluster_logits: [B, N, k + 1] Cluster-module logits (the auxiliary loss input); None for the plain ViT.
     tokens:         [B] long, patch-level sequence length after merging (kept + non-empty clusters); N for the ViT.
+    policy_logits:  [B, gh, gw] CTS policy logits per 2x2 patch group (the auxiliary loss input); None unless CTS.
     """
 
     logits: Tensor
     cluster_ids: Tensor | None
     cluster_logits: Tensor | None
     tokens: Tensor
+    policy_logits: Tensor | None = None
 
 
 @dataclass
@@ -69,6 +72,7 @@ class BackboneOutput:
     cluster_ids: Tensor | None  # [B, h, w]
     cluster_logits: Tensor | None  # [B, N, k + 1]
     tokens: Tensor  # [B]
+    policy_logits: Tensor | None = None  # [B, gh, gw] (CTS)
 
 
 class ClusterMLP(nn.Module):
@@ -82,6 +86,32 @@ class ClusterMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
+
+
+class SharePolicy(nn.Module):
+    """CTS policy network: per 2x2 patch group, the logit that the group's block holds one class.
+
+    A small CNN (four stride-2 3x3 convolutions, 16-32-64-64 channels, ReLU, then a 1x1 convolution) on the
+    image resized so that each group is 16 x 16 pixels: about 0.25 GFLOPs for a 784 x 588 input. (The CTS
+    authors use an ImageNet-pretrained EfficientNet-Lite0; none is reachable here, and the targets, block
+    purity, are simple enough for a small net trained from scratch.)
+    """
+
+    def __init__(self, in_chans: int = 3, widths: tuple[int, ...] = (16, 32, 64, 64)):
+        super().__init__()
+        layers, c = [], in_chans
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, stride=2, padding=1), nn.ReLU()]
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.score = nn.Conv2d(c, 1, 1)
+        self.stride = 2 ** len(widths)
+
+    def forward(self, images: Tensor, groups: tuple[int, int]) -> Tensor:
+        """images [B, C, H, W] -> logits [B, gh, gw] for the (gh, gw) group grid."""
+        gh, gw = groups
+        x = F.interpolate(images, size=(gh * self.stride, gw * self.stride), mode="bilinear", align_corners=False)
+        return self.score(self.features(x))[:, 0]
 
 
 class Regenerator(nn.Module):
@@ -132,6 +162,7 @@ class ClustViTBackbone(nn.Module):
         ip: int | None = 3,
         cluster_hidden: int | None = None,
         empty_clusters: str = "drop",
+        cts_reduction: float | None = None,
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
@@ -162,6 +193,11 @@ class ClustViTBackbone(nn.Module):
         if k is not None:
             self.cluster_mlp = ClusterMLP(embed_dim, cluster_hidden or 4 * embed_dim, k)
             self.regenerator = Regenerator(embed_dim)
+        self.cts_reduction = cts_reduction
+        if cts_reduction is not None:
+            if k is not None:
+                raise ConfigError("cts_reduction with k/ip: a backbone shares tokens (CTS) or clusters them, not both")
+            self.policy = SharePolicy(in_chans)
         self._init_weights()
 
     @property
@@ -179,11 +215,15 @@ class ClustViTBackbone(nn.Module):
             return self.pos_embed
         return resample_pos_embed(self.pos_embed, grid, self.grid)
 
-    def forward(self, images: Tensor, out_indices: tuple[int, ...], cluster_ids: Tensor | None = None, keep_bias: float = 0.0) -> BackboneOutput:
-        """images [B, C, H, W] with H, W multiples of the patch size -> features after `out_indices` blocks."""
+    def forward(self, images: Tensor, out_indices: tuple[int, ...], cluster_ids: Tensor | None = None, keep_bias: float = 0.0,
+                share_scores: Tensor | None = None) -> BackboneOutput:
+        """images [B, C, H, W] with H, W multiples of the patch size -> features after `out_indices` blocks.
+        CTS: `share_scores` [B, gh, gw] (e.g. block purity of the ground truth: oracle sharing) replace the policy's."""
         B, _, H, W = images.shape
         h, w = H // self.patch_size, W // self.patch_size
         x = self.patch_embed(images)  # [B, N, D]
+        if self.cts_reduction is not None:
+            return self._forward_shared(images, x, (h, w), out_indices, share_scores)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + self.position_embedding((h, w))
         if not self.clustering:
             features = self._run_blocks(x, 0, None, None, out_indices)
@@ -216,6 +256,28 @@ class ClustViTBackbone(nn.Module):
             x = torch.cat([x[:, :1], merge_tokens(x_ip, plan)], dim=1)
             features.update(self._run_blocks(x, self.ip, plan, x_ip, later))
         return BackboneOutput(self._maps(features, h, w), plan.cluster_ids.view(B, h, w), logits, plan.tokens)
+
+    def _forward_shared(self, images: Tensor, patches: Tensor, grid: tuple[int, int], out_indices, share_scores) -> BackboneOutput:
+        """CTS: the policy's best 2x2 groups become one token each (see `share`); every image the same length."""
+        B = images.shape[0]
+        h, w = grid
+        groups = (h // 2, w // 2)
+        pos = self.position_embedding(grid)
+        policy_logits = self.policy(images, groups)  # [B, gh, gw]
+        scores = policy_logits if share_scores is None else share_scores.to(policy_logits.dtype).reshape(policy_logits.shape)
+        num_shared = groups_to_share(h * w, groups[0] * groups[1], self.cts_reduction)
+        plan = plan_sharing(scores.detach().flatten(1), grid, num_shared)
+        group_tok = group_tokens(images, self.patch_embed, self.patch_size, grid) + group_positions(pos[:, 1:], grid)
+        x = share_tokens(patches + pos[:, 1:], group_tok, plan)
+        x = torch.cat([self.cls_token.expand(B, -1, -1) + pos[:, :1], x], dim=1)
+        features = {}
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in out_indices:
+                full = unshare_tokens(x[:, 1:], plan)
+                features[i] = self.norm(full) if i == self.depth - 1 else full
+        tokens = torch.full((B,), plan.tokens, dtype=torch.long, device=images.device)
+        return BackboneOutput(self._maps(features, h, w), None, None, tokens, policy_logits)
 
     def split_batches(self, images: Tensor, plan) -> bool:
         """Whether images of different reduced lengths run the reduced blocks one by one instead of as one
@@ -278,7 +340,8 @@ class ClustViT(nn.Module):
         self.backbone = ClustViTBackbone(
             img_size=config.data.input_size, patch_size=config.patch_size, embed_dim=dim, depth=depth,
             num_heads=config.num_heads, k=config.k, ip=config.ip, cluster_hidden=config.cluster_hidden,
-            empty_clusters=config.empty_clusters, drop_path_rate=config.drop_path_rate,
+            empty_clusters=config.empty_clusters, cts_reduction=config.cts_reduction,
+            drop_path_rate=config.drop_path_rate,
         )
         if config.head == "segmenter":
             self.out_indices = (depth - 1,)
@@ -294,7 +357,8 @@ class ClustViT(nn.Module):
     def clustering(self) -> bool:
         return self.backbone.clustering
 
-    def forward(self, images: Tensor, cluster_ids: Tensor | None = None, keep_bias: float = 0.0) -> ClustViTOutput:
+    def forward(self, images: Tensor, cluster_ids: Tensor | None = None, keep_bias: float = 0.0,
+                share_scores: Tensor | None = None) -> ClustViTOutput:
         """Segment normalized images.
 
         Args:
@@ -304,6 +368,8 @@ class ClustViT(nn.Module):
             cluster_ids: optional [B, ceil(H/p), ceil(W/p)] long in 0..k replacing the Cluster
                 module's choice (oracle clustering); the module's logits are still computed.
             keep_bias: added to the "keep" logit before the argmax (> 0 merges fewer tokens).
+            share_scores: CTS only: optional [B, ceil(H/p) // 2, ceil(W/p) // 2] scores replacing the policy's
+                (oracle sharing, e.g. `pseudo.block_purity` of the ground truth).
         """
         images = self.check_images(images)
         H, W = images.shape[-2:]
@@ -313,10 +379,12 @@ class ClustViT(nn.Module):
             images = F.pad(images, (0, pad_w, 0, pad_h))
         if cluster_ids is not None and not self.clustering:
             raise InputError("cluster_ids given to a plain ViT (k=None): it has no Cluster module")
-        out = self.backbone(images, self.out_indices, cluster_ids=cluster_ids, keep_bias=keep_bias)
+        if share_scores is not None and not self.config.sharing:
+            raise InputError("share_scores given to a model without token sharing (cts_reduction is not set)")
+        out = self.backbone(images, self.out_indices, cluster_ids=cluster_ids, keep_bias=keep_bias, share_scores=share_scores)
         logits = self.head(out.features)
         logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]
-        return ClustViTOutput(logits, out.cluster_ids, out.cluster_logits, out.tokens)
+        return ClustViTOutput(logits, out.cluster_ids, out.cluster_logits, out.tokens, out.policy_logits)
 
     def check_images(self, images: Tensor) -> Tensor:
         if not isinstance(images, Tensor):

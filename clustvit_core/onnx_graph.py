@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import ConfigError
 from .heads import UPerHead
 from .model import ClustViT
 
@@ -117,6 +118,9 @@ class ExportGraph(nn.Module):
 
     def __init__(self, model: ClustViT, size: tuple[int, int], oracle: bool = False):
         super().__init__()
+        if model.config.sharing:
+            raise ConfigError(f"{model.config.name}: ONNX export of CTS (token sharing) models is not supported; "
+                              "export the ViT or ClustViT")
         self.oracle = bool(oracle) and model.clustering
         self.size = tuple(int(v) for v in size)
         p = model.backbone.patch_size

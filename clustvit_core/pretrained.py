@@ -334,7 +334,7 @@ def load_pretrained_backbone(model: nn.Module, spec: str | os.PathLike) -> str:
     except WeightsError as exc:
         raise WeightsError(f"{where}: {exc}") from None
     missing, _ = backbone.load_state_dict(converted, strict=False)
-    bad = [k for k in missing if not k.startswith(("cluster_mlp.", "regenerator."))]
+    bad = [k for k in missing if not k.startswith(("cluster_mlp.", "regenerator.", "policy."))]
     if bad:
         raise WeightsError(f"{where}: pretrained checkpoint lacks backbone weights {bad[:3]}")
     note = meta.get("note")

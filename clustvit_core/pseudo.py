@@ -49,3 +49,25 @@ def pseudo_clusters(labels: Tensor, k: int, patch: int, ignore_index: int = IGNO
     rank = torch.where((rank <= k) & (counts > 0), rank, torch.zeros_like(rank))
     out = torch.where(pure, rank.gather(1, patch_class), torch.zeros_like(patch_class)).view(B, h, w)
     return out[0] if squeeze else out
+
+
+def block_purity(labels: Tensor, block: int, grid: tuple[int, int], ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """CTS policy targets: 1.0 where a block x block square holds a single class, else 0.0.
+
+    The image's top-left grid[0] * block x grid[1] * block pixels are cut into blocks (for CTS, a block is a
+    2x2 group of patches). Ignored pixels do not count; a block with no labelled pixel is not pure.
+
+    Args:
+        labels: [B, H, W] integer class ids (H >= grid[0] * block, W >= grid[1] * block).
+    Returns:
+        [B, grid[0], grid[1]] float in {0, 1}.
+    """
+    gh, gw = grid
+    B = labels.shape[0]
+    cells = labels[:, : gh * block, : gw * block].long()
+    cells = cells.reshape(B, gh, block, gw, block).permute(0, 1, 3, 2, 4).reshape(B, gh, gw, block * block)
+    valid = cells != ignore_index
+    big = torch.iinfo(torch.long).max
+    lo = torch.where(valid, cells, torch.full_like(cells, big)).amin(-1)
+    hi = torch.where(valid, cells, torch.full_like(cells, -1)).amax(-1)
+    return ((lo == hi) & valid.any(-1)).float()

@@ -34,7 +34,7 @@ from .data.transforms import TrainTransform
 from .devices import resolve_device
 from .errors import ConfigError, cli_errors
 from .evaluate import evaluate
-from .pseudo import pseudo_clusters
+from .pseudo import block_purity, pseudo_clusters
 from .registry import build_model, load_config, parse_overrides
 from .pretrained import load_pretrained_backbone
 from .weights import restore_training_state, save_checkpoint, training_state
@@ -280,7 +280,7 @@ def patch_size(model) -> int:
 
 def compute_loss(model, images, labels, aux_weight: float, class_weight: torch.Tensor | None = None,
                  ohem_thresh: float | None = None, ohem_min_kept: int = 100000) -> tuple[torch.Tensor, dict]:
-    """(total loss, {"seg": ..., "cluster": ..., "tokens": ...}) for a batch."""
+    """(total loss, {"seg": ..., "cluster" (ClustViT) / "policy" (CTS): ..., "tokens": ...}) for a batch."""
     out = model(images)
     seg = segmentation_loss(out.logits.float(), labels, class_weight, ohem_thresh, ohem_min_kept)
     parts = {"seg": seg.detach(), "tokens": out.tokens.float().mean()}
@@ -291,6 +291,12 @@ def compute_loss(model, images, labels, aux_weight: float, class_weight: torch.T
         cluster = F.cross_entropy(out.cluster_logits.float().flatten(0, 1), target.flatten())
         parts["cluster"] = cluster.detach()
         loss = seg + aux_weight * cluster
+    if out.policy_logits is not None:  # CTS: the policy learns block purity jointly, weighted like the cluster loss
+        logits = out.policy_logits.float()
+        target = block_purity(labels, 2 * patch_size(model), tuple(logits.shape[-2:]))
+        policy = F.binary_cross_entropy_with_logits(logits, target)
+        parts["policy"] = policy.detach()
+        loss = loss + aux_weight * policy
     return loss, parts
 
 
@@ -438,9 +444,11 @@ class Trainer:
                     rate = seen / (time.perf_counter() - t0)
                     row = {"iter": it, "loss": loss.item(), "seg_loss": parts["seg"].item(), "lr": lr, "img_s": rate,
                            "train_tokens": parts["tokens"].item()}
-                    if "cluster" in parts:  # a plain ViT has no cluster loss: nothing is logged for it
-                        row["cluster_loss"] = parts["cluster"].item()
-                    shown = {"loss": row["loss"], "seg": row["seg_loss"], "cluster": row.get("cluster_loss")}
+                    for part in ("cluster", "policy"):  # a plain ViT has neither: nothing is logged for it
+                        if part in parts:
+                            row[f"{part}_loss"] = parts[part].item()
+                    shown = {"loss": row["loss"], "seg": row["seg_loss"], "cluster": row.get("cluster_loss"),
+                             "policy": row.get("policy_loss")}
                     shown = {k: f"{v:.4f}" for k, v in shown.items() if v is not None}
                     bar.set_postfix(**shown, lr=f"{lr:.1e}", img_s=f"{rate:.1f}")
                     self._record(csv_log, board, row)

@@ -35,6 +35,8 @@ def test_name_follows_k_and_ip():
         cfg = cc.load_config(name)
         if cfg.k is not None:
             assert f"_k{cfg.k}_ip{cfg.ip}" in name
+        elif cfg.sharing:
+            assert name.endswith("_cts")
         else:
             assert name.endswith("_vit")
 
