@@ -28,7 +28,7 @@ from tqdm import tqdm
 from .errors import ConfigError, InputError, cli_errors
 from .flops import flop_breakdown
 from .preprocessing import preprocess
-from .pseudo import pseudo_clusters
+from .pseudo import block_purity, pseudo_clusters
 from .readme import command_line, replace_section
 from .registry import build_model, parse_overrides, split_key_values
 from .data import Sample, build_dataset, dataset_names
@@ -46,6 +46,7 @@ class Row:
     model: str
     clustering: bool
     backend: str = "torch"
+    kind: str = "vit"  # vit | clustvit | cts (ModelConfig.kind): ratios are taken against a "vit" row
     tokens: list[float] = field(default_factory=list)
     flops: dict[str, list[float]] = field(default_factory=dict)
     seconds_total: list[float] = field(default_factory=list)
@@ -93,6 +94,15 @@ def load_samples(source: str, num_images: int, size: int, mask_dir: str | None, 
     return samples
 
 
+def oracle_purity(labels: np.ndarray, size: int, patch: int) -> torch.Tensor:
+    """CTS oracle: block purity of a label map resized (nearest) to the network input: [1, h/2, w/2] (h = size/patch)."""
+    import cv2
+
+    resized = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
+    grid = (size // patch) // 2
+    return block_purity(torch.from_numpy(resized)[None].long(), 2 * patch, (grid, grid))
+
+
 def oracle_ids(labels: np.ndarray, size: int, k: int, patch: int) -> torch.Tensor:
     """Pseudo-clusters of a label map resized (nearest) to the network input: [1, size/patch, size/patch]."""
     import cv2
@@ -117,17 +127,20 @@ def run(args) -> list[Row]:
             twin.backbone.batch_mode = mode
             models.append(twin)
             names.append(f"{name} [{mode}]" if len(modes) > 1 else name)
-    torch_models = list(models)
+    counted = list(models)  # the torch model whose FLOPs each row reports
     backends = ["torch"] * len(models)
     if "onnxruntime" in args.backends:  # the same models (same weights) exported; rows "NAME [onnxruntime]"
-        ort_models = [_onnx_twin(m, args.size, args.oracle_clusters is not None, args.threads) for m in torch_models]
+        exportable = [(n, m) for n, m in zip(names, models) if not m.config.sharing]
+        if len(exportable) < len(models):
+            print("note: CTS models have no ONNX export; they run with torch only", file=sys.stderr)
+        ort = [(f"{n} [onnxruntime]", _onnx_twin(m, args.size, args.oracle_clusters is not None, args.threads), m)
+               for n, m in exportable]
         if args.backends == ["onnxruntime"]:
-            models, backends = ort_models, ["onnxruntime"] * len(models)
-            names = [f"{n} [onnxruntime]" for n in names]
-        else:
-            models = models + ort_models
-            backends += ["onnxruntime"] * len(ort_models)
-            names = names + [f"{n} [onnxruntime]" for n in names]
+            models, names, counted, backends = [], [], [], []
+        models += [o for _, o, _ in ort]
+        names += [n for n, _, _ in ort]
+        counted += [m for _, _, m in ort]
+        backends += ["onnxruntime"] * len(ort)
     data0 = models[0].config.data
     for m in models[1:]:
         if (m.config.mean, m.config.std) != (data0.mean, data0.std):
@@ -143,20 +156,24 @@ def run(args) -> list[Row]:
         print("note: random weights without --oracle-clusters: token counts reflect an untrained Cluster module", file=sys.stderr)
 
     x_all = preprocess([s.image for s in samples], args.size, data0.mean, data0.std)
-    rows = [Row(name, m.clustering, backend) for name, m, backend in zip(names, models, backends)]
-    ids_per_model = []
+    rows = [Row(name, m.config.clustering, backend, m.config.kind) for name, m, backend in zip(names, models, backends)]
+    ids_per_model = []  # per model: None, or (forward keyword, oracle tensor for all images)
     for m in models:
-        if oracle and m.clustering:
-            ids_per_model.append(torch.cat([oracle_ids(s.labels, args.size, m.config.k, m.config.patch_size) for s in samples]))
+        cfg = m.config
+        if oracle and cfg.clustering:
+            ids_per_model.append(("cluster_ids", torch.cat([oracle_ids(s.labels, args.size, cfg.k, cfg.patch_size)
+                                                            for s in samples])))
+        elif oracle and cfg.sharing:
+            ids_per_model.append(("share_scores", torch.cat([oracle_purity(s.labels, args.size, cfg.patch_size)
+                                                             for s in samples])))
         else:
             ids_per_model.append(None)
 
     # FLOPs and tokens, image by image (FLOPs are counted on the torch model: an exported one computes the same).
-    for j, (m, row, ids) in enumerate(zip(models, rows, ids_per_model)):
-        counted = torch_models[j % len(torch_models)]
+    for m, row, ids, torch_model in zip(models, rows, ids_per_model, counted):
         for i in tqdm(range(len(samples)), desc=f"FLOPs {row.model}", leave=False, disable=args.quiet):
-            kwargs = {"cluster_ids": ids[i : i + 1]} if ids is not None else {}
-            for part, value in flop_breakdown(counted, x_all[i : i + 1], **kwargs).items():
+            kwargs = {ids[0]: ids[1][i : i + 1]} if ids is not None else {}
+            for part, value in flop_breakdown(torch_model, x_all[i : i + 1], **kwargs).items():
                 row.flops.setdefault(part, []).append(value)
             with torch.inference_mode():
                 row.tokens.append(float(m(x_all[i : i + 1], **kwargs).tokens[0]))
@@ -167,7 +184,7 @@ def run(args) -> list[Row]:
     batches = [slice(i, i + args.batch) for i in range(0, len(samples), args.batch)]
 
     def call(m, ids, b, backbone_only):
-        kw = {"cluster_ids": ids[b]} if ids is not None else {}
+        kw = {ids[0]: ids[1][b]} if ids is not None else {}
         if backbone_only:
             m.backbone(x_all[b], m.out_indices, **kw)
         else:
@@ -211,7 +228,7 @@ def summarize(rows: list[Row], n_images: int) -> list[dict]:
 
     out = []
     for row in rows:
-        d = {"model": row.model, "clustering": row.clustering, "backend": row.backend}
+        d = {"model": row.model, "clustering": row.clustering, "backend": row.backend, "kind": row.kind}
         d["tokens_mean"], d["tokens_std"] = mean_std(row.tokens)
         for part, values in row.flops.items():
             d[f"gflops_{part}_mean"], d[f"gflops_{part}_std"] = (v / 1e9 for v in mean_std(values))
@@ -223,7 +240,7 @@ def summarize(rows: list[Row], n_images: int) -> list[dict]:
             d[f"{part}_share"] = float(statistics.fmean(p / t for p, t in zip(row.flops[part], row.flops["total"])))
         out.append(d)
     for d in out:  # ratios against the plain ViT run by the same backend
-        reference = next((r for r in out if not r["clustering"] and r["backend"] == d["backend"]), None)
+        reference = next((r for r in out if r["kind"] == "vit" and r["backend"] == d["backend"]), None)
         if reference is None:
             continue
         for part in ("backbone", "total"):
