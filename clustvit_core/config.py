@@ -77,7 +77,9 @@ class ModelConfig:
     one id is not merged at all: the ClustViT authors' forward, the default of converted checkpoints),
     cts_reduction (CTS, Content-aware Token Sharing, instead of clustering: a policy network picks 2x2
     patch groups that become one token each, so that this fraction of the patch tokens is removed; None
-    = no sharing), head (segmenter | uper), head_layers, uper_indices, uper_channels, drop_path_rate.
+    = no sharing), decoder_merge (ClustViT + Segmenter head: the head's mask transformer also runs on the
+    merged sequence, each clustered patch takes its cluster token's mask scores; no regeneration),
+    head (segmenter | uper), head_layers, uper_indices, uper_channels, drop_path_rate.
     Classes: num_classes, class_names, palette (RGB per class).
     Input: mean, std (RGB, 0-255 scale).
     Provenance and training: name, dataset (data registry name), weights (trained weights file name),
@@ -102,6 +104,7 @@ class ModelConfig:
     cluster_hidden: int | None = None
     empty_clusters: str = "drop"
     cts_reduction: float | None = None
+    decoder_merge: bool = False
     head: str = "segmenter"
     head_layers: int = 2
     uper_indices: tuple[int, ...] | None = None
@@ -169,6 +172,11 @@ class ModelConfig:
             raise ConfigError(f"{where}: empty_clusters={self.empty_clusters!r}; choose one of {', '.join(EMPTY_CLUSTERS)}")
         if self.head not in HEADS:
             raise ConfigError(f"{where}: head={self.head!r}; choose one of {', '.join(HEADS)}")
+        if not isinstance(self.decoder_merge, bool):
+            raise ConfigError(f"{where}: decoder_merge={self.decoder_merge!r}; use true or false")
+        if self.decoder_merge and (self.k is None or self.head != "segmenter"):
+            raise ConfigError(f"{where}: decoder_merge needs a ClustViT (k, ip) with the Segmenter head "
+                              f"(got k={self.k}, head={self.head})")
         if self.uper_indices is not None:
             set_("uper_indices", tuple(int(i) for i in self.uper_indices))
         set_("train", dict(self.train or {}))

@@ -107,15 +107,26 @@ class SegmenterHead(nn.Module):
         """features: list whose last item is [B, D, h, w] -> [B, num_classes, h, w]."""
         x = features[-1]
         B, _, h, w = x.shape
-        x = self.dec_proj(x.flatten(2).transpose(1, 2))
+        masks = self.forward_tokens(x.flatten(2).transpose(1, 2))  # [B, h*w, C]
+        return masks.transpose(1, 2).reshape(B, self.num_classes, h, w)
+
+    def forward_tokens(self, tokens: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Mask scores of any token sequence: tokens [B, L, D] -> [B, L, num_classes].
+
+        `valid` [B, L] bool (False on padding) keeps padded tokens out of the attention; a ClustViT with
+        decoder_merge passes its merged sequence here (kept tokens and cluster tokens)."""
+        B = tokens.shape[0]
+        x = self.dec_proj(tokens)
         x = torch.cat([x, self.cls_emb.expand(B, -1, -1)], dim=1)
+        mask = None
+        if valid is not None:
+            mask = torch.cat([valid, valid.new_ones(B, self.num_classes)], dim=1)[:, None, None, :]
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x) if mask is None else layer(x, attn_mask=mask)
         x = self.decoder_norm(x)
         patches = F.normalize(self.patch_proj(x[:, : -self.num_classes]), dim=-1)
         classes = F.normalize(self.classes_proj(x[:, -self.num_classes :]), dim=-1)
-        masks = self.mask_norm(patches @ classes.transpose(1, 2))  # [B, h*w, C]
-        return masks.transpose(1, 2).reshape(B, self.num_classes, h, w)
+        return self.mask_norm(patches @ classes.transpose(1, 2))
 
 
 class ConvBNReLU(nn.Module):

@@ -145,6 +145,21 @@ def regenerate(y: Tensor, x_ip: Tensor, plan: MergePlan, expand: RegenerateFn) -
     return grid.index_put((batch_index, token_index), restored.to(grid.dtype))
 
 
+def reduced_position(plan: MergePlan) -> Tensor:
+    """Where each patch lives in the reduced sequence: its own position if kept, its cluster token's if not.
+
+    Returns:
+        [B, N] long in 0..L-1 (for `gather` from [B, L, ...] outputs of the reduced sequence).
+    """
+    B, L = plan.slots.shape
+    N = plan.cluster_ids.shape[1]
+    positions = torch.arange(L, device=plan.slots.device).expand(B, -1)
+    pos_of_slot = plan.slots.new_zeros(B, N + plan.k + 1).scatter(1, plan.slots, positions)  # padding: slot N + k
+    patch = torch.arange(N, device=plan.slots.device).expand(B, -1)
+    slot_of_patch = torch.where(plan.cluster_ids == 0, patch, N + plan.cluster_ids - 1)
+    return pos_of_slot.gather(1, slot_of_patch)
+
+
 def attention_mask(plan: MergePlan, prefix: int = 1) -> Tensor | None:
     """Boolean key mask for scaled_dot_product_attention, or None when nothing is padded.
 

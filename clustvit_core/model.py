@@ -15,7 +15,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from .config import BACKBONES, ModelConfig
-from .merge import assign_clusters, attention_mask, merge_tokens, plan_merge, regenerate
+from .merge import MergePlan, assign_clusters, attention_mask, merge_tokens, plan_merge, reduced_position, regenerate
 from .share import group_positions, group_tokens, groups_to_share, plan_sharing, share_tokens, unshare_tokens
 from .errors import ConfigError, InputError
 from .heads import SegmenterHead, UPerHead, init_linear_layers
@@ -73,6 +73,8 @@ class BackboneOutput:
     cluster_logits: Tensor | None  # [B, N, k + 1]
     tokens: Tensor  # [B]
     policy_logits: Tensor | None = None  # [B, gh, gw] (CTS)
+    reduced: Tensor | None = None  # [B, L, D] final-normed merged sequence after the last block (decoder_merge)
+    plan: MergePlan | None = None  # its merge plan (decoder_merge)
 
 
 class ClusterMLP(nn.Module):
@@ -163,6 +165,7 @@ class ClustViTBackbone(nn.Module):
         cluster_hidden: int | None = None,
         empty_clusters: str = "drop",
         cts_reduction: float | None = None,
+        decoder_merge: bool = False,
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
@@ -193,6 +196,7 @@ class ClustViTBackbone(nn.Module):
         if k is not None:
             self.cluster_mlp = ClusterMLP(embed_dim, cluster_hidden or 4 * embed_dim, k)
             self.regenerator = Regenerator(embed_dim)
+        self.decoder_merge = bool(decoder_merge)  # the last block's merged sequence goes to the head as it is
         self.cts_reduction = cts_reduction
         if cts_reduction is not None:
             if k is not None:
@@ -244,7 +248,7 @@ class ClustViTBackbone(nn.Module):
             keep_empty = False
         plan = plan_merge(ids, self.k, keep_empty)
         later = tuple(i for i in out_indices if i >= self.ip)
-        if plan.padded and self.split_batches(images, plan):
+        if plan.padded and self.split_batches(images, plan) and not self.decoder_merge:
             # Image by image: each reduced sequence is a prefix of its padded row (see MergePlan).
             parts = []
             for b in range(B):
@@ -255,7 +259,9 @@ class ClustViTBackbone(nn.Module):
         else:
             x = torch.cat([x[:, :1], merge_tokens(x_ip, plan)], dim=1)
             features.update(self._run_blocks(x, self.ip, plan, x_ip, later))
-        return BackboneOutput(self._maps(features, h, w), plan.cluster_ids.view(B, h, w), logits, plan.tokens)
+        reduced = features.pop("reduced", None)
+        return BackboneOutput(self._maps(features, h, w), plan.cluster_ids.view(B, h, w), logits, plan.tokens,
+                              reduced=reduced, plan=plan if reduced is not None else None)
 
     def _forward_shared(self, images: Tensor, patches: Tensor, grid: tuple[int, int], out_indices, share_scores) -> BackboneOutput:
         """CTS: the policy's best 2x2 groups become one token each (see `share`); every image the same length."""
@@ -297,7 +303,9 @@ class ClustViTBackbone(nn.Module):
         out = {}
         for i in range(start, stop):
             x = self.blocks[i](x, attn_mask=mask)
-            if i in out_indices:
+            if i in out_indices and plan is not None and self.decoder_merge and i == self.depth - 1:
+                out["reduced"] = self.norm(x[:, 1:])  # not regenerated: the head runs on the merged sequence
+            elif i in out_indices:
                 patches = x[:, 1:] if plan is None else regenerate(x[:, 1:], x_ip, plan, self.regenerator)
                 out[i] = self.norm(patches) if i == self.depth - 1 else patches
         out["x"] = x
@@ -305,7 +313,7 @@ class ClustViTBackbone(nn.Module):
 
     def _maps(self, features: dict, h: int, w: int) -> list[Tensor]:
         """{index: [B, N, D]} -> [B, D, h, w] maps in index order."""
-        return [features[i].transpose(1, 2).reshape(-1, self.embed_dim, h, w) for i in sorted(k for k in features if k != "x")]
+        return [features[i].transpose(1, 2).reshape(-1, self.embed_dim, h, w) for i in sorted(k for k in features if isinstance(k, int))]
 
 
 def check_cluster_ids(cluster_ids: Tensor, batch: int, h: int, w: int, k: int) -> Tensor:
@@ -341,7 +349,7 @@ class ClustViT(nn.Module):
             img_size=config.data.input_size, patch_size=config.patch_size, embed_dim=dim, depth=depth,
             num_heads=config.num_heads, k=config.k, ip=config.ip, cluster_hidden=config.cluster_hidden,
             empty_clusters=config.empty_clusters, cts_reduction=config.cts_reduction,
-            drop_path_rate=config.drop_path_rate,
+            decoder_merge=config.decoder_merge, drop_path_rate=config.drop_path_rate,
         )
         if config.head == "segmenter":
             self.out_indices = (depth - 1,)
@@ -382,7 +390,14 @@ class ClustViT(nn.Module):
         if share_scores is not None and not self.config.sharing:
             raise InputError("share_scores given to a model without token sharing (cts_reduction is not set)")
         out = self.backbone(images, self.out_indices, cluster_ids=cluster_ids, keep_bias=keep_bias, share_scores=share_scores)
-        logits = self.head(out.features)
+        if out.reduced is not None:  # decoder_merge: mask scores of the merged sequence, copied to every member patch
+            plan = out.plan
+            masks = self.head.forward_tokens(out.reduced, plan.valid if plan.padded else None)  # [B, L, C]
+            per_patch = masks.gather(1, reduced_position(plan)[..., None].expand(-1, -1, masks.shape[-1]))
+            h, w = images.shape[-2] // p, images.shape[-1] // p
+            logits = per_patch.transpose(1, 2).reshape(images.shape[0], -1, h, w)
+        else:
+            logits = self.head(out.features)
         logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]
         return ClustViTOutput(logits, out.cluster_ids, out.cluster_logits, out.tokens, out.policy_logits)
 

@@ -1,4 +1,5 @@
 """The merge / regenerate tensor functions on hand-made tensors."""
+import pytest
 import torch
 
 from clustvit_core.merge import assign_clusters, attention_mask, cluster_means, merge_tokens, plan_merge, regenerate, unmerge_tokens
@@ -76,3 +77,35 @@ def test_regenerate_with_nothing_clustered_is_identity_scatter():
     plan = plan_merge(torch.zeros(2, 3, dtype=torch.long), k=2)
     out = regenerate(y, torch.randn(2, 3, 5), plan, lambda *a: (_ for _ in ()).throw(AssertionError("called")))
     assert torch.equal(out, y)
+
+
+def test_reduced_position_points_each_patch_at_its_token():
+    from clustvit_core.merge import plan_merge, reduced_position
+
+    ids = torch.tensor([[0, 2, 2, 0, 1, 0], [1, 1, 1, 1, 1, 0]])
+    plan = plan_merge(ids, k=3)
+    pos = reduced_position(plan)
+    # image 0: kept 0, 3, 5 at 0..2, then cluster 1 at 3, cluster 2 at 4; image 1: kept 5 at 0, cluster 1 at 1
+    assert pos.tolist() == [[0, 4, 4, 1, 3, 2], [1, 1, 1, 1, 1, 0]]
+
+
+def test_decoder_merge_equals_the_model_when_nothing_merges_and_batches_equal_single_images():
+    import clustvit_core as cc
+    from conftest import tiny_model
+
+    torch.manual_seed(0)
+    merged = tiny_model(decoder_merge=True).eval()
+    plain = tiny_model().eval()
+    plain.load_state_dict(merged.state_dict())
+    x = torch.randn(3, 3, 64, 64)
+    x[0] *= 0.01  # a flat image: few tokens; the batch is padded
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x, keep_bias=50.0).logits, plain(x, keep_bias=50.0).logits)
+        out = merged(x)
+        single = torch.cat([merged(x[i : i + 1]).logits for i in range(3)])
+    assert len(set(out.tokens.tolist())) > 1
+    torch.testing.assert_close(single, out.logits, atol=1e-4, rtol=0)
+    with pytest.raises(cc.ConfigError, match="decoder_merge needs a ClustViT"):
+        cc.build_model("cwfid_vit", decoder_merge=True)
+    with pytest.raises(cc.ConfigError, match="decoder_merge needs a ClustViT"):
+        cc.build_model("cwfid_k3_ip3", decoder_merge=True, head="uper")
