@@ -2,8 +2,8 @@
 
 The ROS node, the evaluator and the benchmark all prepare images through `preprocess`, so the
 normalization a model was trained with is applied in one place. `Segmenter` is the whole
-single-image pipeline (load, preprocess, forward, labels at input resolution, token counts) that the
-ROS node wraps; it knows nothing of ROS.
+image pipeline (load, preprocess, forward, labels at input resolution, token counts) that the ROS node
+wraps, for one image or a batch (one camera or several); it knows nothing of ROS.
 """
 from __future__ import annotations
 
@@ -207,10 +207,11 @@ class Segmentation:
 
 
 class Segmenter:
-    """A registered model ready for single-image inference on numpy images (what the ROS node runs).
+    """A registered model ready for inference on numpy images (what the ROS node runs).
 
         seg = Segmenter("synthetic_agri_k3_ip3")           # registry weights, device auto
         result = seg(rgb_uint8_hwc, keep_bias=0.0)        # -> Segmentation
+        results = seg.segment_batch([front, rear])        # one forward pass -> [Segmentation, Segmentation]
 
     Args:
         model: registry name, model YAML path or config dict (see `clustvit_core.list_models`).
@@ -282,18 +283,28 @@ class Segmenter:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    @torch.inference_mode()
     def __call__(self, image: np.ndarray, keep_bias: float = 0.0, confidence: bool = False) -> Segmentation:
         """Segment one RGB uint8 image [H, W, 3] (any size; resized to the network size and back);
         `confidence=True` also returns the per-pixel confidence image."""
+        return self.segment_batch([image], keep_bias=keep_bias, confidence=confidence)[0]
+
+    @torch.inference_mode()
+    def segment_batch(self, images: Sequence[np.ndarray], keep_bias: float = 0.0,
+                      confidence: bool = False) -> list[Segmentation]:
+        """Segment RGB uint8 images [H, W, 3] (each of any size) in one forward pass: each is resized (or
+        letterboxed) to the network size, so they stack; each keeps its own tokens, and its labels come back
+        at its own resolution. One `Segmentation` per image, in order; `preprocess_ms` and `inference_ms`
+        are the whole batch's (shared), `postprocess_ms` each image's own."""
+        if not len(images):
+            return []
         t0 = time.perf_counter()
-        H, W = image.shape[:2]
-        content = self.size
+        shapes = [image.shape[:2] for image in images]
         if self.resize_mode == "letterbox":
-            image_in, content = letterbox(image, self.size, self.mean)
+            boxed = [letterbox(image, self.size, self.mean) for image in images]
+            inputs, contents = [b[0] for b in boxed], [b[1] for b in boxed]
         else:
-            image_in = image
-        x = preprocess(image_in, self.size, self.mean, self.std).to(self.device, non_blocking=True)
+            inputs, contents = list(images), [self.size] * len(images)
+        x = preprocess(inputs, self.size, self.mean, self.std).to(self.device, non_blocking=True)
         self._sync()
         t1 = time.perf_counter()
         dtype = self.autocast_dtype
@@ -301,24 +312,29 @@ class Segmenter:
             out = self.model(x, keep_bias=float(keep_bias))
         self._sync()
         t2 = time.perf_counter()
-        logits = out.logits[0, :, : content[0], : content[1]]  # letterbox: the image's part only
+        network, times = tuple(x.shape[-2:]), (1e3 * (t1 - t0), 1e3 * (t2 - t1))
+        return [self._result(out, j, shapes[j], contents[j], network, confidence, *times) for j in range(len(images))]
+
+    def _result(self, out, j: int, shape, content, network, confidence: bool, preprocess_ms: float,
+                inference_ms: float) -> Segmentation:
+        """Image `j` of a batch's model output as a Segmentation at its input resolution `shape` (H, W)."""
+        t0 = time.perf_counter()
+        logits = out.logits[j, :, : content[0], : content[1]]  # letterbox: the image's part only
         if confidence:
-            labels, conf = labels_and_confidence_at(logits, (H, W))
+            labels, conf = labels_and_confidence_at(logits, shape)
         else:
-            labels, conf = labels_at(logits, (H, W)), None
+            labels, conf = labels_at(logits, shape), None
         labels = labels.astype(self.label_dtype, copy=False)
         class_pixels = np.bincount(labels.ravel(), minlength=self.num_classes)[: self.num_classes]
-        h, w = x.shape[-2:]
-        patch_tokens = self.data.num_tokens((h, w))
-        tokens = int(out.tokens[0])
+        patch_tokens = self.data.num_tokens(network)
+        tokens = int(out.tokens[j])
         if out.cluster_ids is None:
             cluster_ids, kept = None, patch_tokens
         else:
-            cluster_ids = out.cluster_ids[0].cpu().numpy()
+            cluster_ids = out.cluster_ids[j].cpu().numpy()
             kept = int((cluster_ids == 0).sum())
-        t3 = time.perf_counter()
         return Segmentation(
             labels=labels, confidence=conf, cluster_ids=cluster_ids, class_pixels=class_pixels, patch_tokens=patch_tokens,
-            tokens=tokens, kept_tokens=kept, clusters_used=tokens - kept, network_size=(h, w), content_size=tuple(content),
-            preprocess_ms=1e3 * (t1 - t0), inference_ms=1e3 * (t2 - t1), postprocess_ms=1e3 * (t3 - t2),
+            tokens=tokens, kept_tokens=kept, clusters_used=tokens - kept, network_size=network, content_size=tuple(content),
+            preprocess_ms=preprocess_ms, inference_ms=inference_ms, postprocess_ms=1e3 * (time.perf_counter() - t0),
         )

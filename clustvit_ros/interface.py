@@ -1,6 +1,6 @@
 """The node's ROS interface in one place: its default name, topic and service names (the node creates
-exactly these), and the README's interface tables generated from them, from params.py and from the
-clustvit_msgs package's msg/*.msg.
+exactly these; TOPIC and CAMERA stand for each camera of `image_topics`), and the README's interface
+tables generated from them, from params.py and from the clustvit_msgs package's msg/*.msg.
 
     python -m clustvit_ros.interface                      # print the tables
     python -m clustvit_ros.interface --update-readme README.md
@@ -53,7 +53,8 @@ LABEL_INFO = Endpoint("~/label_info", "vision_msgs/LabelInfo", "out", "reliable,
                       "Class id -> name (`class_map`), plus 255 (mono8) / 65535 (mono16) = UNLABELED; threshold 0. "
                       "The Nav2 / vision_msgs segmentation contract.")
 DIAGNOSTICS = Endpoint("/diagnostics", "diagnostic_msgs/DiagnosticArray", "out", "reliable, depth 10",
-                       "Every `diagnostics_period` s: rate, latency, tokens, frame counters, device, errors.")
+                       "Every `diagnostics_period` s: rate, latency, tokens, frame counters, device, errors (with "
+                       "`image_topics`: also each camera's as `CAMERA.rate_hz`, `CAMERA.frames_processed`, ...).")
 ENABLE = Endpoint("~/enable", "std_srvs/SetBool", "service", "",
                   "Start/stop processing (sets the `enable` parameter).")
 LIFECYCLE = Endpoint("~/change_state", "lifecycle_msgs/ChangeState", "service", "",
@@ -61,8 +62,24 @@ LIFECYCLE = Endpoint("~/change_state", "lifecycle_msgs/ChangeState", "service", 
                      "unsubscribes, cleanup frees the model); also `~/get_state`, `~/get_available_transitions`, "
                      "`~/transition_event`, as every rclpy lifecycle node has. Outputs publish only while active.")
 
-ENDPOINTS = (IMAGE_IN, COMPRESSED_IN, MASK, CONFIDENCE, MASK_COLOR, OVERLAY, CLUSTERS, STATS, LABEL_INFO, DIAGNOSTICS,
-             ENABLE, LIFECYCLE)
+CAMERA_OUTPUTS = (MASK, CONFIDENCE, MASK_COLOR, OVERLAY, CLUSTERS, STATS)  # one set per camera
+CAMERAS_IN = Endpoint("TOPIC", "sensor_msgs/Image", "in", "as `image`",
+                      "Each topic of `image_topics` (several cameras, one model), instead of `image`; with "
+                      "`compressed_input` also TOPIC/compressed.")
+CAMERA_OUT = Endpoint("~/CAMERA/*", "as `~/mask` ... `~/stats`", "out", "as `~/mask` ... `~/stats`",
+                      "With `image_topics`: each camera's own mask, confidence, mask_color, overlay, clusters and "
+                      "stats (with its frames' headers), instead of `~/mask` ... `~/stats`. CAMERA = the topic "
+                      "without its last name, `/` as `_`: `/front/image_raw` -> `~/front/mask`, `/cam/left/image` "
+                      "-> `~/cam_left/mask`. `~/label_info`, `/diagnostics` and `~/enable` stay single.")
+
+ENDPOINTS = (IMAGE_IN, COMPRESSED_IN, CAMERAS_IN, MASK, CONFIDENCE, MASK_COLOR, OVERLAY, CLUSTERS, STATS, CAMERA_OUT,
+             LABEL_INFO, DIAGNOSTICS, ENABLE, LIFECYCLE)
+
+
+def camera_output(endpoint: Endpoint, camera: str) -> str:
+    """The name of a per-camera output (one of CAMERA_OUTPUTS) for `camera`: the endpoint's own (~/mask) for
+    the single camera (''), ~/CAMERA/mask for a camera of `image_topics`."""
+    return f"~/{camera}/{endpoint.name[2:]}" if camera else endpoint.name
 
 
 def topics_table(node_name: str = NODE_NAME) -> str:
@@ -70,7 +87,8 @@ def topics_table(node_name: str = NODE_NAME) -> str:
     rows = ["| Name | Type | Direction | QoS | Content |", "|---|---|---|---|---|"]
     for e in ENDPOINTS:
         name = e.name.replace("~", f"/{node_name}") if e.name.startswith("~") else e.name
-        rows.append(f"| `{name}` | `{e.type}` | {e.direction} | {e.qos} | {e.description} |")
+        kind = e.type if "`" in e.type else f"`{e.type}`"
+        rows.append(f"| `{name}` | {kind} | {e.direction} | {e.qos} | {e.description} |")
     return "\n".join(rows)
 
 

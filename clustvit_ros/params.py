@@ -26,6 +26,34 @@ def provider_list(text: str) -> list[str]:
     return [p.strip() for p in str(text).split(",") if p.strip()]
 
 
+_NAME_TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def camera_name(topic: str) -> str:
+    """A camera's name in its output topics (~/NAME/mask, ...): the input topic's names without the last
+    one (the image stream's own name, e.g. image_raw), joined by '_'; a topic of one name keeps it.
+    /front/image_raw -> front, /cam/left/image -> cam_left, /front_camera -> front_camera."""
+    parts = [p for p in str(topic).strip().split("/") if p]
+    return "_".join(parts[:-1] if len(parts) > 1 else parts)
+
+
+def camera_topics(text: str) -> list[tuple[str, str]]:
+    """The `image_topics` parameter as [(camera name, input topic)], in its order; [] for an empty text
+    (the single input `image`). ConfigError (one line) for a topic that is no plain ROS topic name or
+    two topics that give the same camera name."""
+    out: dict[str, str] = {}
+    for topic in provider_list(text):
+        if not all(_NAME_TOKEN.match(p) for p in topic.removeprefix("/").split("/")):
+            raise ConfigError(f"image_topics: {topic!r} is not a topic name (names of letters, digits and _ "
+                              f"separated by /, e.g. /front/image_raw)")
+        name = camera_name(topic)
+        if name in out:
+            raise ConfigError(f"image_topics: {out[name]} and {topic} both give the camera name {name!r} "
+                              f"(outputs ~/{name}/*): a camera is named after its topic without the last name")
+        out[name] = topic
+    return [(name, topic) for name, topic in out.items()]
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
@@ -91,8 +119,13 @@ PARAMETERS: tuple[Param, ...] = (
     Param("publish_mask_color", True, "Publish ~/mask_color (when subscribed).", live=True),
     Param("publish_overlay", True, "Publish ~/overlay (when subscribed).", live=True),
     Param("publish_clusters", True, "Publish ~/clusters (when subscribed).", live=True),
+    Param("image_topics", "",
+          "Several cameras, one model: input topics, comma-separated (e.g. /front/image_raw,/rear/image_raw), "
+          "each with its own outputs ~/CAMERA/* (CAMERA: the topic without its last name, / as _: front, rear), "
+          "batched into one forward pass; empty = the single input image and outputs ~/*.", configure=True),
     Param("compressed_input", False,
-          "Also subscribe to image/compressed (sensor_msgs/CompressedImage, png/jpeg).", configure=True),
+          "Also subscribe to image/compressed (sensor_msgs/CompressedImage, png/jpeg); with image_topics, "
+          "TOPIC/compressed of each.", configure=True),
     Param("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", range=(0.05, 60.0)),
     Param("stale_timeout", 2.0, "/diagnostics turns WARN when no frame arrived for this many seconds after frames "
           "had been arriving.", live=True, range=(0.1, 3600.0)),
@@ -126,6 +159,11 @@ def check_value(name: str, value) -> str | None:
         bad = [p for p in provider_list(value) if p not in PROVIDERS] or ([] if provider_list(value) else [""])
         if bad:
             return f"providers={value!r}: give a comma-separated list of {', '.join(PROVIDERS)}"
+    if name == "image_topics":
+        try:
+            camera_topics(value)
+        except ConfigError as exc:
+            return str(exc)
     if name == "model" and not str(value).strip():
         return "model is empty: name a registered model (config/models/NAME.yaml) or a YAML path"
     return None

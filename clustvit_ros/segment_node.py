@@ -7,6 +7,11 @@ frames between DDS and it. Frames are handed from the subscription callback to o
 thread through a keep-latest slot (a newer frame replaces a waiting one, which is counted as
 dropped), so the node never builds a backlog. Topics, parameters and message fields: README.md.
 
+Several cameras, one model (`image_topics`): each camera has its own subscription, keep-latest slot,
+frame counters and outputs (~/CAMERA/*); the one inference thread takes the waiting frame of every
+camera that has one and segments them in one batched forward pass (`Segmenter.segment_batch`). The
+single camera (input `image`, outputs ~/*) is the same code with one camera named ''.
+
 It is a lifecycle node (rclpy.lifecycle, the lifecycle_msgs services under ~/): parameters are declared
 and checked at construction; configure loads the model and creates the outputs and the inference
 thread; activate subscribes to the camera and enables the outputs; deactivate unsubscribes; cleanup
@@ -20,7 +25,9 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
 
 import cv2
 import numpy as np
@@ -45,7 +52,7 @@ from clustvit_core.visualize import cluster_overlay, colorize
 from clustvit_ros import interface as api
 from clustvit_ros.images import FrameError, array_to_image, check_compressed, check_image, image_to_rgb
 from clustvit_ros.interface import NODE_NAME
-from clustvit_ros.params import BY_NAME, PARAMETERS, Param, check_value, provider_list
+from clustvit_ros.params import BY_NAME, PARAMETERS, Param, camera_topics, check_value, provider_list
 
 UNLABELED = {np.uint8: 255, np.uint16: 65535}  # mask value of pixels without a class, by mask dtype
 WARN_PERIOD_S = 5.0  # throttle of per-frame warnings
@@ -59,29 +66,30 @@ class Frame:
     received: float  # time.perf_counter() when the callback got it
 
 
-class LatestFrame:
-    """A one-slot mailbox between the subscription callback and the inference thread.
+class LatestFrames:
+    """Keep-latest slots, one per camera, between the subscription callbacks and the inference thread.
 
-    put() replaces a frame still waiting (returns True: that frame was dropped); take() blocks until
-    a frame is there or the slot is closed (then returns None)."""
+    put(camera, frame) replaces that camera's frame still waiting (returns True: that frame was dropped);
+    take() blocks until some camera has a frame or the slots are closed, then takes the waiting frame of
+    every camera that has one ({camera: frame}; {} once closed)."""
 
     def __init__(self):
         self._cond = threading.Condition()
-        self._frame: Frame | None = None
+        self._frames: dict[str, Frame] = {}
         self._closed = False
 
-    def put(self, frame: Frame) -> bool:
+    def put(self, camera: str, frame: Frame) -> bool:
         with self._cond:
-            dropped = self._frame is not None
-            self._frame = frame
+            dropped = camera in self._frames
+            self._frames[camera] = frame
             self._cond.notify()
             return dropped
 
-    def take(self, timeout: float | None = None) -> Frame | None:
+    def take(self, timeout: float | None = None) -> dict[str, Frame]:
         with self._cond:
-            self._cond.wait_for(lambda: self._frame is not None or self._closed, timeout)
-            frame, self._frame = self._frame, None
-            return None if self._closed else frame
+            self._cond.wait_for(lambda: self._frames or self._closed, timeout)
+            frames, self._frames = self._frames, {}
+            return {} if self._closed else frames
 
     def close(self) -> None:
         with self._cond:
@@ -112,6 +120,20 @@ class Counters:
         with self._lock:
             out, self._since_stats = self._since_stats, dict.fromkeys(self.NAMES, 0)
             return out
+
+
+@dataclass(eq=False)
+class Camera:
+    """One input stream and its outputs: the single camera (name '', input `image`, outputs ~/mask ...) or a
+    camera of `image_topics` (outputs ~/NAME/mask ...)."""
+
+    name: str
+    topic: str  # the input topic as subscribed (before remapping and namespace)
+    counters: Counters = field(default_factory=Counters)
+    recent: deque = field(default_factory=lambda: deque(maxlen=RATE_WINDOW))  # (done time, total ms, tokens)
+    last_sequence: dict = field(default_factory=dict)  # publisher gid -> its last publication sequence number
+    last_frame_time: float | None = None  # of the last frame that reached the callback
+    pub: dict = field(default_factory=dict)  # "mask", ..., "stats" -> lifecycle publisher (while configured)
 
 
 def descriptor(spec: Param) -> ParameterDescriptor:
@@ -146,13 +168,12 @@ class SegmentNode(LifecycleNode):
         self.configure_error = ""  # why the last configure failed
         self.subscriptions_in: list = []  # the camera subscriptions (exist while active)
         self.worker: threading.Thread | None = None
-        self.counters = Counters()
-        self.slot = LatestFrame()
-        self.last_sequence: dict[bytes | None, int] = {}  # publisher gid -> its last publication sequence number
-        self.recent: deque[tuple[float, float, int]] = deque(maxlen=RATE_WINDOW)  # (done time, total ms, tokens)
+        self.cameras: dict[str, Camera] = {}
+        self.cameras = self._wanted_cameras()  # made again on configure (image_topics may change while unconfigured)
+        self.slots = LatestFrames()
+        self.pub_label_info = None
         self.last_error = ""  # the latest inference failure, with its time (for /diagnostics)
         self.last_error_time = self.last_rejected_time = -float("inf")
-        self.last_frame_time: float | None = None  # of the last frame that reached the callback
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, api.DIAGNOSTICS.name, 10)
         self.create_service(SetBool, api.ENABLE.name, self._on_enable)
         self.create_timer(self._param("diagnostics_period"), self._publish_diagnostics)
@@ -178,18 +199,24 @@ class SegmentNode(LifecycleNode):
         self.get_logger().info(f"model {seg.name} ({seg.num_classes} classes, k={seg.k}) on {runs_on}, "
                                f"input {seg.size[1]}x{seg.size[0]}")  # size: (h, w)
 
+        self.cameras = self._wanted_cameras()
+        if "" not in self.cameras:
+            self.get_logger().info("cameras (one batch): " + ", ".join(
+                f"{cam.topic} -> ~/{cam.name}/*" for cam in self.cameras.values()))
         # Reliable, depth 1: served to reliable (the tutorials' default) and best-effort subscribers alike,
         # and never a queue of stale frames; `qos_overrides./segment_node/mask.publisher.*` change it.
         overrides = QoSOverridingOptions.with_default_policies()
         out_qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
-        self.pub_mask, self.pub_confidence, self.pub_mask_color, self.pub_overlay, self.pub_clusters = (
-            self.create_lifecycle_publisher(Image, endpoint.name, out_qos, qos_overriding_options=overrides)
-            for endpoint in (api.MASK, api.CONFIDENCE, api.MASK_COLOR, api.OVERLAY, api.CLUSTERS))
-        self.pub_stats = self.create_lifecycle_publisher(SegmentationStats, api.STATS.name, 10)
+        for cam in self.cameras.values():  # outputs ~/mask ... (the single camera) or ~/CAMERA/mask ...
+            for endpoint in api.CAMERA_OUTPUTS:
+                topic = api.camera_output(endpoint, cam.name)
+                cam.pub[endpoint.name[2:]] = (
+                    self.create_lifecycle_publisher(SegmentationStats, topic, 10) if endpoint is api.STATS else
+                    self.create_lifecycle_publisher(Image, topic, out_qos, qos_overriding_options=overrides))
         latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.pub_label_info = self.create_lifecycle_publisher(LabelInfo, api.LABEL_INFO.name, latched)
-        self.slot = LatestFrame()
+        self.slots = LatestFrames()
         self.worker = threading.Thread(target=self._work, name="clustvit-inference", daemon=True)
         self.worker.start()
         self.state_label = "inactive"
@@ -200,12 +227,13 @@ class SegmentNode(LifecycleNode):
         self.pub_label_info.publish(self.label_info())
         image_qos = QoSProfile(**{**_qos_kwargs(qos_profile_sensor_data), "depth": 1})
         overrides = QoSOverridingOptions.with_default_policies()
-        self.subscriptions_in = [self.create_subscription(Image, api.IMAGE_IN.name, self._on_image, image_qos,
-                                                          qos_overriding_options=overrides)]
-        if self._param("compressed_input"):
-            self.subscriptions_in.append(self.create_subscription(
-                CompressedImage, api.COMPRESSED_IN.name, self._on_image, image_qos, qos_overriding_options=overrides))
-        self.last_frame_time = None  # no 'stale input' for the time the node was not listening
+        types = {"": Image, "/compressed": CompressedImage} if self._param("compressed_input") else {"": Image}
+        for cam in self.cameras.values():
+            callback = partial(self._on_image, cam)
+            self.subscriptions_in += [self.create_subscription(msg_type, cam.topic + suffix, callback, image_qos,
+                                                               qos_overriding_options=overrides)
+                                      for suffix, msg_type in types.items()]
+            cam.last_frame_time = None  # no 'stale input' for the time the node was not listening
         self.state_label = "active"
         return result
 
@@ -235,17 +263,17 @@ class SegmentNode(LifecycleNode):
         for sub in self.subscriptions_in:
             self.destroy_subscription(sub)
         self.subscriptions_in = []
-        self.slot.take(timeout=0)  # a frame still waiting is not processed after deactivate
+        self.slots.take(timeout=0)  # frames still waiting are not processed after deactivate
 
     def _release(self) -> None:
         """Stop the inference thread (after the frame in progress), destroy the outputs, free the model."""
         self.close()
-        for name in ("pub_mask", "pub_confidence", "pub_mask_color", "pub_overlay", "pub_clusters", "pub_stats",
-                     "pub_label_info"):
-            pub = getattr(self, name, None)
+        for pub in [p for cam in self.cameras.values() for p in cam.pub.values()] + [self.pub_label_info]:
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
-                setattr(self, name, None)
+        for cam in self.cameras.values():
+            cam.pub = {}
+        self.pub_label_info = None
         if self.segmenter is not None:
             on_cuda = self.segmenter.device.type == "cuda"
             self.segmenter = None
@@ -259,6 +287,14 @@ class SegmentNode(LifecycleNode):
 
     def _param(self, name: str):
         return self.get_parameter(name).value
+
+    def _wanted_cameras(self) -> dict[str, Camera]:
+        """The cameras `image_topics` names (none: the single camera '' on `image`); a camera the node had
+        already keeps its counters."""
+        known = self.cameras
+        wanted = camera_topics(self._param("image_topics")) or [("", api.IMAGE_IN.name)]
+        return {name: known[name] if name in known and known[name].topic == topic else Camera(name, topic)
+                for name, topic in wanted}
 
     def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:
         for param in params:
@@ -290,17 +326,17 @@ class SegmentNode(LifecycleNode):
 
     # ------------------------------------------------------------------ input
 
-    def _on_image(self, msg, info) -> None:  # two parameters: rclpy then passes the MessageInfo
+    def _on_image(self, cam: Camera, msg, info) -> None:  # bound to a camera: rclpy then passes the MessageInfo
         received = time.perf_counter()
-        self.last_frame_time = received
-        self.counters.add("received")
-        missed = self._missed_before(info)
+        cam.last_frame_time = received
+        cam.counters.add("received")
+        missed = self._missed_before(cam, info)
         enabled = self._param("enable")
         if missed:
-            self.counters.add("missed", missed)
-            self.counters.add("dropped" if enabled else "skipped", missed)
+            cam.counters.add("missed", missed)
+            cam.counters.add("dropped" if enabled else "skipped", missed)
         if not enabled:
-            self.counters.add("skipped")
+            cam.counters.add("skipped")
             return
         try:  # cheap checks here, so a bad frame never displaces a good one
             max_pixels = int(self._param("max_input_pixels"))
@@ -309,12 +345,13 @@ class SegmentNode(LifecycleNode):
             else:
                 check_compressed(msg, max_pixels)
         except FrameError as exc:
-            self._reject(exc)
+            self._reject(cam, exc)
             return
-        if self.slot.put(Frame(msg, received)):
-            self.counters.add("dropped")
+        if self.slots.put(cam.name, Frame(msg, received)):
+            cam.counters.add("dropped")
 
-    def _missed_before(self, info) -> int:
+    @staticmethod
+    def _missed_before(cam: Camera, info) -> int:
         """Frames of this frame's publisher that never reached the callback since its previous one
         (from the publication sequence numbers rmw reports; 0 where it reports none)."""
         seq = (info or {}).get("publication_sequence_number")
@@ -322,82 +359,96 @@ class SegmentNode(LifecycleNode):
             return 0
         gid = (info.get("publisher_gid") or {}).get("data")
         key = bytes(gid) if gid is not None else None
-        last = self.last_sequence.get(key)
-        self.last_sequence[key] = seq
+        last = cam.last_sequence.get(key)
+        cam.last_sequence[key] = seq
         return max(seq - last - 1, 0) if last is not None else 0
 
-    def _reject(self, exc: Exception) -> None:
-        self.counters.add("rejected")
+    def _reject(self, cam: Camera, exc: Exception) -> None:
+        cam.counters.add("rejected")
         self.last_rejected_time = time.perf_counter()
-        self.get_logger().warning(f"rejected a frame on {self._input_topic()}: {exc}",
+        self.get_logger().warning(f"rejected a frame on {self._input_topic(cam)}: {exc}",
                                   throttle_duration_sec=WARN_PERIOD_S)
 
-    def _input_topic(self) -> str:
-        return self.resolve_topic_name(api.IMAGE_IN.name)
+    def _input_topic(self, cam: Camera) -> str:
+        return self.resolve_topic_name(cam.topic)
 
     # ------------------------------------------------------------------ inference thread
 
     def _work(self) -> None:
-        while True:
-            frame = self.slot.take()
-            if frame is None:
-                return
-            try:
-                self._process(frame)
-            except FrameError as exc:
-                self._reject(exc)
-            except Exception as exc:  # noqa: BLE001 - a running node survives any bad frame
-                if not self.context.ok():  # SIGINT/SIGTERM shut the context down under this frame: a requested stop
-                    return
-                self.counters.add("failed")
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                self.last_error_time = time.perf_counter()
-                self.get_logger().error(f"inference failed: {self.last_error}", throttle_duration_sec=WARN_PERIOD_S)
+        """One batch per round: the waiting frame of every camera that has one, in one forward pass."""
+        while frames := self.slots.take():
+            batch = []  # (camera, frame, RGB image)
+            for name, frame in frames.items():
+                cam = self.cameras[name]
+                with self._counting_failures([cam]):
+                    batch.append((cam, frame, image_to_rgb(frame.msg, int(self._param("max_input_pixels")))))
+            keep_bias, results = float(self._param("keep_bias")), []
+            with self._counting_failures([cam for cam, _, _ in batch]):
+                confidence = any(self._wanted(cam.pub["confidence"], "publish_confidence") for cam, _, _ in batch)
+                results = self.segmenter.segment_batch([image for _, _, image in batch], keep_bias=keep_bias,
+                                                       confidence=confidence)
+            for (cam, frame, image), result in zip(batch, results):
+                with self._counting_failures([cam]):
+                    self._publish(cam, frame, image, result, keep_bias)
 
-    def _process(self, frame: Frame) -> None:
-        msg = frame.msg
-        image = image_to_rgb(msg, int(self._param("max_input_pixels")))
-        keep_bias = float(self._param("keep_bias"))
-        result = self.segmenter(image, keep_bias=keep_bias,
-                                confidence=self._wanted(self.pub_confidence, "publish_confidence"))
+    @contextmanager
+    def _counting_failures(self, cameras: list[Camera]):
+        """Run a step for these cameras' frames: a malformed frame is rejected, any other error fails the
+        frames (a running node survives any bad frame); an error during shutdown is a requested stop."""
+        try:
+            yield
+        except FrameError as exc:
+            for cam in cameras:
+                self._reject(cam, exc)
+        except Exception as exc:  # noqa: BLE001
+            if not self.context.ok():  # SIGINT/SIGTERM shut the context down under this frame: a requested stop
+                return
+            for cam in cameras:
+                cam.counters.add("failed")
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.last_error_time = time.perf_counter()
+            self.get_logger().error(f"inference failed: {self.last_error}", throttle_duration_sec=WARN_PERIOD_S)
+
+    def _publish(self, cam: Camera, frame: Frame, image: np.ndarray, result: Segmentation, keep_bias: float) -> None:
         t_post = time.perf_counter()
-        self._publish_images(msg.header, image, result)
-        counts = self.counters.take_since_stats()
-        self.counters.add("processed")
-        stats = self._stats(msg.header, image, result, keep_bias, counts)
+        header = frame.msg.header
+        self._publish_images(cam, header, image, result)
+        counts = cam.counters.take_since_stats()
+        cam.counters.add("processed")
+        stats = self._stats(header, image, result, keep_bias, counts)
         stats.postprocess_ms = float(result.postprocess_ms + 1e3 * (time.perf_counter() - t_post))
         done = time.perf_counter()
         stats.total_ms = float(1e3 * (done - frame.received))
-        self.pub_stats.publish(stats)
-        self.recent.append((done, stats.total_ms, result.tokens))
+        cam.pub["stats"].publish(stats)
+        cam.recent.append((done, stats.total_ms, result.tokens))
 
     def _wanted(self, publisher, switch: str) -> bool:
         return publisher.get_subscription_count() > 0 and bool(self._param(switch))
 
-    def _publish_images(self, header, image: np.ndarray, result: Segmentation) -> None:
-        seg = self.segmenter
+    def _publish_images(self, cam: Camera, header, image: np.ndarray, result: Segmentation) -> None:
+        seg, pub = self.segmenter, cam.pub
         labels = result.labels
-        if self._wanted(self.pub_mask, "publish_mask"):
-            self.pub_mask.publish(array_to_image(labels, "mono8" if labels.dtype == np.uint8 else "mono16", header))
-        if result.confidence is not None:
-            self.pub_confidence.publish(array_to_image(result.confidence, "mono8", header))
-        want_color = self._wanted(self.pub_mask_color, "publish_mask_color")
-        want_overlay = self._wanted(self.pub_overlay, "publish_overlay")
+        if self._wanted(pub["mask"], "publish_mask"):
+            pub["mask"].publish(array_to_image(labels, "mono8" if labels.dtype == np.uint8 else "mono16", header))
+        if result.confidence is not None and self._wanted(pub["confidence"], "publish_confidence"):
+            pub["confidence"].publish(array_to_image(result.confidence, "mono8", header))
+        want_color = self._wanted(pub["mask_color"], "publish_mask_color")
+        want_overlay = self._wanted(pub["overlay"], "publish_overlay")
         if want_color or want_overlay:
             color = colorize(labels, seg.palette)
             if want_color:
-                self.pub_mask_color.publish(array_to_image(color, "rgb8", header))
+                pub["mask_color"].publish(array_to_image(color, "rgb8", header))
             if want_overlay:
                 alpha = float(self._param("overlay_alpha"))
                 overlay = cv2.addWeighted(image, 1.0 - alpha, color, alpha, 0.0)
-                self.pub_overlay.publish(array_to_image(overlay, "rgb8", header))
-        if self._wanted(self.pub_clusters, "publish_clusters"):
+                pub["overlay"].publish(array_to_image(overlay, "rgb8", header))
+        if self._wanted(pub["clusters"], "publish_clusters"):
             if result.cluster_ids is None:  # plain ViT: nothing is merged
                 clusters = image
             else:
                 clusters = cluster_overlay(image, result.cluster_ids, alpha=float(self._param("cluster_alpha")),
                                            k=seg.k, input_shape=result.content_size, patch=seg.data.patch_size)
-            self.pub_clusters.publish(array_to_image(clusters, "rgb8", header))
+            pub["clusters"].publish(array_to_image(clusters, "rgb8", header))
 
     def _stats(self, header, image: np.ndarray, r: Segmentation, keep_bias: float,
                counts: dict[str, int]) -> SegmentationStats:
@@ -420,12 +471,16 @@ class SegmentNode(LifecycleNode):
 
     def _publish_diagnostics(self) -> None:
         seg = self.segmenter
-        total = dict(self.counters.total)
-        recent = list(self.recent)
         now = time.perf_counter()
-        fresh = [r for r in recent if now - r[0] < 5.0]
-        rate = (len(fresh) - 1) / (fresh[-1][0] - fresh[0][0]) if len(fresh) > 1 and fresh[-1][0] > fresh[0][0] else 0.0
-        latencies = [r[1] for r in fresh]
+        cams = list(self.cameras.values())
+        counts = {cam.name: dict(cam.counters.total) for cam in cams}
+        total = {k: sum(c[k] for c in counts.values()) for k in Counters.NAMES}
+        fresh = {cam.name: [r for r in list(cam.recent) if now - r[0] < 5.0] for cam in cams}
+        rates = {name: _rate(records) for name, records in fresh.items()}
+        every = [r for records in fresh.values() for r in records]
+        latencies = [r[1] for r in every]
+        stale = [f"{self._input_topic(cam)} for {now - cam.last_frame_time:.1f} s" for cam in cams
+                 if cam.last_frame_time is not None and now - cam.last_frame_time > float(self._param("stale_timeout"))]
         device = str(seg.device) if seg is not None else ""
         status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: segmentation", hardware_id=device)
         enabled = bool(self._param("enable"))
@@ -440,33 +495,43 @@ class SegmentNode(LifecycleNode):
         elif now - self.last_rejected_time < STATUS_HOLD_S:
             status.level = DiagnosticStatus.WARN
             status.message = f"malformed frames rejected ({total['rejected']} in all; see the node's log)"
-        elif self.last_frame_time is not None and now - self.last_frame_time > float(self._param("stale_timeout")):
-            status.level = DiagnosticStatus.WARN
-            status.message = f"stale input: no frame on {self._input_topic()} for {now - self.last_frame_time:.1f} s"
+        elif stale:
+            status.level, status.message = DiagnosticStatus.WARN, f"stale input: no frame on {', '.join(stale)}"
         else:
-            status.level, status.message = DiagnosticStatus.OK, "running" if fresh else "waiting for images"
+            status.level, status.message = DiagnosticStatus.OK, "running" if every else "waiting for images"
         values = {
             "model": seg.name if seg is not None else str(self._param("model")), "device": device,
             "precision": str(self._param("precision")), "lifecycle_state": self.state_label,
             "backend": seg.backend if seg is not None else str(self._param("backend")),
             "enabled": str(enabled).lower(),
-            "input_topic": self._input_topic(), "rate_hz": f"{rate:.2f}",
+            "input_topic": ", ".join(self._input_topic(cam) for cam in cams), "rate_hz": f"{sum(rates.values()):.2f}",
             "latency_mean_ms": f"{np.mean(latencies):.1f}" if latencies else "",
             "latency_max_ms": f"{max(latencies):.1f}" if latencies else "",
-            "tokens_mean": f"{np.mean([r[2] for r in fresh]):.1f}" if fresh else "",
+            "tokens_mean": f"{np.mean([r[2] for r in every]):.1f}" if every else "",
             **{f"frames_{k}": str(v) for k, v in total.items()},
         }
+        for cam in cams:  # several cameras: each one's topic, rate and counters too
+            if cam.name:
+                values[f"{cam.name}.input_topic"] = self._input_topic(cam)
+                values[f"{cam.name}.rate_hz"] = f"{rates[cam.name]:.2f}"
+                values.update({f"{cam.name}.frames_{k}": str(v) for k, v in counts[cam.name].items()})
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self.pub_diagnostics.publish(array)
 
     def close(self) -> None:
-        """Stop the inference thread (after the frame in progress)."""
-        self.slot.close()
+        """Stop the inference thread (after the batch in progress)."""
+        self.slots.close()
         if self.worker is not None:
             self.worker.join(timeout=10.0)
             self.worker = None
+
+
+def _rate(records: list[tuple[float, float, int]]) -> float:
+    """Frames per second over (done time, ...) records in time order."""
+    span = records[-1][0] - records[0][0] if records else 0.0
+    return (len(records) - 1) / span if span > 0 else 0.0
 
 
 def _qos_kwargs(profile: QoSProfile) -> dict:

@@ -79,18 +79,25 @@ def key(header) -> tuple:
 
 class Observer:
     """This process's side of the conversation: publishers of input frames, subscriptions to every
-    output (messages recorded with their arrival time), and service clients."""
+    output (messages recorded with their arrival time), and service clients. `cameras` (name -> input
+    topic, a node with image_topics): also each camera's publisher and outputs, recorded as CAMERA/mask ..."""
 
-    def __init__(self, context, proc, log_file: Path):
+    def __init__(self, context, proc, log_file: Path, cameras: dict[str, str] | None = None):
         self.proc, self.log_file = proc, log_file
         self.node = rclpy.create_node("segment_node_tester", context=context)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
-        self.received: dict[str, list] = {name: [] for name in (*IMAGE_OUTPUTS, "stats", "diagnostics")}
+        prefixes = ["", *(f"{camera}/" for camera in cameras or {})]
+        self.received: dict[str, list] = {p + name: [] for p in prefixes for name in (*IMAGE_OUTPUTS, "stats")}
+        self.received["diagnostics"] = []
         best_effort = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
         reliable = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
-        for name in IMAGE_OUTPUTS:
-            self.node.create_subscription(Image, f"{NODE}/{name}", self._recorder(name), best_effort)
+        for p in prefixes:
+            for name in IMAGE_OUTPUTS:
+                self.node.create_subscription(Image, f"{NODE}/{p}{name}", self._recorder(p + name), best_effort)
+            if p:
+                self.node.create_subscription(SegmentationStats, f"{NODE}/{p}stats", self._recorder(p + "stats"),
+                                              reliable)
         # a client as the ROS tutorials write one: reliable, depth 10 (the default QoS)
         self.received["mask_default_qos"] = []
         self.node.create_subscription(Image, f"{NODE}/mask", self._recorder("mask_default_qos"), 10)
@@ -99,6 +106,8 @@ class Observer:
         inputs = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.pub_image = self.node.create_publisher(Image, "/image", inputs)
         self.pub_compressed = self.node.create_publisher(CompressedImage, "/image/compressed", inputs)
+        self.pub_camera = {camera: self.node.create_publisher(Image, topic, inputs)
+                           for camera, topic in (cameras or {}).items()}
         self.param_client = self.node.create_client(SetParameters, f"{NODE}/set_parameters")
         self.enable_client = self.node.create_client(SetBool, f"{NODE}/enable")
         self._seq = 0
@@ -137,8 +146,10 @@ class Observer:
         h.stamp.sec, h.stamp.nanosec = 1_763_000_000 + self._seq, 1_000 * self._seq + 7
         return h
 
-    def send(self, array: np.ndarray, encoding: str = "rgb8", *, pad: int = 0, bigendian: bool = False):
-        """Publish `array` as an Image with a new unique header; returns the header."""
+    def send(self, array: np.ndarray, encoding: str = "rgb8", *, pad: int = 0, bigendian: bool = False,
+             camera: str | None = None):
+        """Publish `array` as an Image with a new unique header (on `camera`'s topic, default /image);
+        returns the header."""
         h, w = array.shape[:2]
         if array.dtype == np.uint16:
             array = array.astype(">u2" if bigendian else "<u2")
@@ -148,7 +159,7 @@ class Observer:
         msg = Image(header=self.header(), height=h, width=w, encoding=encoding, is_bigendian=int(bigendian),
                     step=rows.shape[1])
         msg.data = rows.tobytes()
-        self.pub_image.publish(msg)
+        (self.pub_camera[camera] if camera else self.pub_image).publish(msg)
         return msg.header
 
     def send_raw(self, msg):
@@ -167,6 +178,11 @@ class Observer:
         found = self.of("stats", header)
         assert len(found) == 1, f"{len(found)} stats messages for one frame"
         return found[0]
+
+    def stats_of(self, camera: str, header) -> SegmentationStats:
+        """The stats of a frame sent on `camera` (image_topics), waited for."""
+        self.wait(lambda: self.of(f"{camera}/stats", header), FRAME_TIMEOUT_S, f"{camera}'s stats of {key(header)}")
+        return self.of(f"{camera}/stats", header)[0]
 
     def images(self, header, names=IMAGE_OUTPUTS) -> dict[str, Image]:
         self.wait(lambda: all(self.of(n, header) for n in names), FRAME_TIMEOUT_S,
@@ -208,9 +224,10 @@ def diag_values(status) -> dict[str, str]:
     return {kv.key: kv.value for kv in status.values}
 
 
-def diag_counters(status) -> dict[str, int]:
-    values = diag_values(status)
-    return {k[len("frames_"):]: int(v) for k, v in values.items() if k.startswith("frames_")}
+def diag_counters(status, camera: str = "") -> dict[str, int]:
+    """The frame counters of a /diagnostics status: the node's totals, or one camera's (CAMERA.frames_*)."""
+    prefix = f"{camera}.frames_" if camera else "frames_"
+    return {k[len(prefix):]: int(v) for k, v in diag_values(status).items() if k.startswith(prefix)}
 
 
 # ----------------------------------------------------------------------------- the shared node
@@ -691,6 +708,7 @@ BAD_STARTS = {  # name -> (parameters, a word the one error line must contain)
     "missing_weights": (["-p", "weights:=/nonexistent.safetensors"], "/nonexistent.safetensors"),
     "integer_for_a_double": (["-p", "keep_bias:=1"], "keep_bias:=1.0"),  # a parameter at start, wrong type
     "input_size_off_the_patch_grid": (["-p", "input_size:=500"], "input_size=500"),  # the model's patch size: 16
+    "two_topics_one_camera_name": (["-p", "image_topics:=/cam/image,/cam/image_raw"], "'cam'"),
 }
 BAD_START_TIMEOUT_S = 30.0
 
@@ -830,3 +848,105 @@ def test_lifecycle_transitions_over_the_lifecycle_services(tmp_path):
     out = log_file.read_text()
     assert code == 0 and "Traceback" not in out, out
 
+
+
+def test_latest_frames_keeps_one_frame_per_camera():
+    """The inference thread's mailbox: a newer frame of a camera replaces its waiting one (dropped), never
+    another camera's; take() empties every slot at once (one batch); closed, it gives {}."""
+    from clustvit_ros.segment_node import Frame, LatestFrames
+
+    slots = LatestFrames()
+    a1, a2, b1 = (Frame(Image(), t) for t in (1.0, 2.0, 3.0))
+    assert not slots.put("a", a1) and slots.put("a", a2) and not slots.put("b", b1)
+    assert slots.take() == {"a": a2, "b": b1}
+    assert slots.take(timeout=0) == {}
+    assert not slots.put("a", a1)  # the slot is free again
+    slots.close()
+    assert slots.take() == {}
+
+
+CAMERAS = {"cam_a": "/cam_a/image", "cam_b": "/cam_b/image"}  # image_topics -> camera names (outputs ~/cam_a/*)
+
+
+def test_several_cameras_one_model(tmp_path):
+    """image_topics: one node, one model, two cameras. Each camera's outputs carry its own frames' headers
+    (frames of different sizes segmented in one batch). A flood of frames on cam_a while cam_b sends one
+    frame at a time: every cam_b frame is processed (its keep-latest slot is its own), cam_a drops frames,
+    and each camera's counters (/diagnostics CAMERA.frames_*, its stats' frames_dropped) add up."""
+    env = fresh_env(tmp_path / "ros_log")
+    log_file = tmp_path / "out.txt"
+    with open(log_file, "w") as out:
+        proc = start_ros_process(NODE_CMD + ["-p", f"image_topics:={','.join(CAMERAS.values())}",
+                                             "-p", "diagnostics_period:=0.2"],
+                                 env, stdout=out, stderr=subprocess.STDOUT)
+    small, large = scene(1), make_scene("agri", 1, (2 * H, 2 * W))[0]  # the same picture at two sizes
+    try:
+        with rclpy_context(env) as ctx:
+            obs = Observer(ctx, proc, log_file, cameras=CAMERAS)
+            obs.wait(lambda: all(obs.node.count_subscribers(t) > 0 for t in CAMERAS.values())
+                     and obs.node.count_publishers(f"{NODE}/cam_b/stats") > 0, START_TIMEOUT_S, "the cameras' topics")
+            assert obs.node.count_subscribers("/image") == 0 and obs.node.count_publishers(f"{NODE}/mask") == 0
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:  # until our subscriptions are matched on the node's side too
+                a, b = obs.send(small, camera="cam_a"), obs.send(large, camera="cam_b")
+                if wait_for(lambda: all(obs.of(f"{c}/{n}", h) for c, h in (("cam_a", a), ("cam_b", b))
+                                        for n in ("stats", *IMAGE_OUTPUTS)), obs.executor, 3.0):
+                    break
+                assert time.monotonic() < deadline, f"no output on both cameras\n{obs.output()}"
+
+            # each camera's outputs: its own frames, headers and sizes; the same picture, the same mask
+            for camera, header, shape, other in (("cam_a", a, (H, W), "cam_b"), ("cam_b", b, (2 * H, 2 * W), "cam_a")):
+                stats = obs.of(f"{camera}/stats", header)[0]
+                assert key(stats.header) == key(header) and (stats.image_height, stats.image_width) == shape
+                assert stats.tokens == stats.kept_tokens + stats.clusters_used and stats.frames_rejected == 0
+                for name in IMAGE_OUTPUTS:
+                    (msg,) = obs.of(f"{camera}/{name}", header)
+                    assert (msg.height, msg.width) == shape, (camera, name)
+                    assert not obs.of(f"{other}/{name}", header), f"{camera}'s frame on {other}/{name}"
+            mask_a, mask_b = (pixels(obs.of(f"{c}/mask", h)[0]) for c, h in (("cam_a", a), ("cam_b", b)))
+            assert (cv2.resize(mask_b, (W, H), interpolation=cv2.INTER_NEAREST) == mask_a).mean() > 0.9
+
+            # a flood on cam_a (bursts of 6 frames, back to back), cam_b one frame at a time (each sent once its
+            # previous one is processed)
+            obs.counters()  # a fresh /diagnostics
+            before = {c: diag_counters(obs.received["diagnostics"][-1][1], c) for c in CAMERAS}
+            flood, steady = [], []
+            for _ in range(5):
+                flood += [obs.send(small, camera="cam_a") for _ in range(6)]
+                steady.append(obs.send(large, camera="cam_b"))
+                obs.stats_of("cam_b", steady[-1])
+            obs.stats_of("cam_a", flood[-1])  # keep-latest: the newest frame is never dropped
+            obs.counters()
+            status = obs.received["diagnostics"][-1][1]
+            after = {c: diag_counters(status, c) for c in CAMERAS}
+            obs.executor.shutdown()
+            obs.node.destroy_node()
+        code, _ = stop_ros_process(proc, timeout=15.0)
+    finally:
+        if proc.poll() is None:
+            stop_ros_process(proc)
+    text = log_file.read_text()
+    assert code == 0 and "Traceback" not in text, text
+    assert "cameras (one batch): /cam_a/image -> ~/cam_a/*, /cam_b/image -> ~/cam_b/*" in text, text
+
+    delta = {c: {k: after[c][k] - before[c][k] for k in after[c]} for c in CAMERAS}
+    print(f"two cameras: counters {delta}")
+    stats = {c: [m for _, m in obs.received[f"{c}/stats"] if key(m.header) in {key(h) for h in frames}]
+             for c, frames in (("cam_a", flood), ("cam_b", steady))}
+    # cam_b: every frame processed, nothing dropped
+    assert len(stats["cam_b"]) == len(steady) == delta["cam_b"]["processed"], delta
+    assert delta["cam_b"]["dropped"] == 0 and all(m.frames_dropped == 0 for m in stats["cam_b"])
+    # cam_a: keep-latest drops most of the flood; every frame accounted for (as in the one-camera flood test)
+    assert 0 < len(stats["cam_a"]) < len(flood) and delta["cam_a"]["processed"] == len(stats["cam_a"]), delta
+    assert delta["cam_a"]["dropped"] > 0 and sum(m.frames_dropped for m in stats["cam_a"]) == delta["cam_a"]["dropped"]
+    for c, n in (("cam_a", len(flood)), ("cam_b", len(steady))):
+        assert delta[c]["received"] + delta[c]["missed"] == n == delta[c]["processed"] + delta[c]["dropped"], delta
+        assert delta[c]["rejected"] == delta[c]["failed"] == 0, delta
+    # the node's totals are the cameras' sums
+    totals = diag_counters(status)
+    assert all(totals[k] == after["cam_a"][k] + after["cam_b"][k] for k in totals), (totals, after)
+    values = diag_values(status)
+    assert values["cam_a.input_topic"] == "/cam_a/image" and float(values["cam_b.rate_hz"]) >= 0
+    # one forward pass for both cameras: frames of a batch share its preprocess and inference times
+    timings = lambda m: (m.preprocess_ms, m.inference_ms)  # noqa: E731
+    assert {timings(m) for m in stats["cam_b"]} & {timings(m) for m in stats["cam_a"]}, "never batched"

@@ -258,3 +258,47 @@ def test_letterbox_masks_align_with_the_input(seg):
         assert (r.labels == labels).mean() > 0.8  # both put the plants where the ground truth has them
     with pytest.raises(ConfigError, match="resize_mode='crop'"):
         Segmenter(DEMO, device="cpu", resize_mode="crop")
+
+
+# ----------------------------------------------------------------------------- batches (several cameras)
+
+BATCH_SHAPES = [(120, 160), (480, 640), (301, 97)]  # one batch, three sizes: each resized to the network
+
+
+@pytest.mark.parametrize("resize_mode", ["stretch", "letterbox"])
+def test_segment_batch_equals_one_image_at_a_time(seg, resize_mode):
+    """segment_batch runs one forward pass over images of different sizes; each image gets what
+    __call__ gives it alone: its own token count, clusters and labels at its own resolution."""
+    s = seg if resize_mode == "stretch" else Segmenter(DEMO, device="cpu", resize_mode=resize_mode)
+    images = [make_scene("agri", 20 + i, shape)[0] for i, shape in enumerate(BATCH_SHAPES)]
+    batch = s.segment_batch(images, keep_bias=-0.5, confidence=True)
+    assert len(batch) == len(images)
+    for image, shape, b in zip(images, BATCH_SHAPES, batch):
+        a = s(image, keep_bias=-0.5, confidence=True)
+        check_result(b, shape)
+        assert (b.tokens, b.kept_tokens, b.clusters_used) == (a.tokens, a.kept_tokens, a.clusters_used)
+        np.testing.assert_array_equal(b.cluster_ids, a.cluster_ids)
+        assert b.content_size == a.content_size and b.network_size == a.network_size
+        assert (b.labels == a.labels).mean() >= 0.999  # batched vs single matmuls: rounding ties at most
+        np.testing.assert_array_equal(b.class_pixels, np.bincount(b.labels.ravel(), minlength=3))
+        assert np.abs(b.confidence.astype(int) - a.confidence).max() <= 1
+    assert len({r.tokens for r in batch}) > 1  # the images really kept different numbers of tokens
+    assert len({r.inference_ms for r in batch}) == 1  # one forward pass, its time shared
+    assert s.segment_batch([]) == []
+
+
+def test_segment_batch_on_the_onnxruntime_backend(tmp_path):
+    """OnnxModel takes a batch too (image by image inside): segment_batch gives what __call__ gives."""
+    pytest.importorskip("onnxruntime")
+    from clustvit_core.onnx_runtime import export_onnx
+    from clustvit_core.registry import build_model, load_config
+
+    torch.manual_seed(0)
+    model = build_model(load_config(DEMO, depth=2, ip=1, img_size=64)).eval()
+    onnx_seg = Segmenter(str(export_onnx(model, tmp_path / "tiny.onnx")), providers=["cpu"])
+    images = [make_scene("agri", 30 + i, shape)[0] for i, shape in enumerate(BATCH_SHAPES)]
+    for image, b in zip(images, onnx_seg.segment_batch(images)):
+        a = onnx_seg(image)
+        assert b.labels.shape == image.shape[:2] and b.network_size == (64, 64)
+        assert (b.tokens, b.kept_tokens) == (a.tokens, a.kept_tokens)
+        np.testing.assert_array_equal(b.labels, a.labels)
