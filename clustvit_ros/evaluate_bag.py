@@ -36,7 +36,8 @@ from clustvit_ros.params import add_options, ros_arguments, typed_values
 
 PROG = "python -m clustvit_ros.evaluate_bag"
 DEFAULT_TOPIC = "/camera/image_raw"  # make_bag's default
-NODE_OPTIONS = ("weights", "device", "precision", "input_size", "resize_mode", "keep_bias", "threads")  # node parameters as options
+NODE_OPTIONS = ("weights", "backend", "providers", "device", "precision", "input_size", "resize_mode", "keep_bias",
+                "threads")  # node parameters as options
 DIAGNOSTICS_PERIOD = 0.2  # s: the node's cumulative counters arrive soon after the last frame
 
 
@@ -476,8 +477,10 @@ def _main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             import platform
 
             setup = (f"{result['frames_in']} frames of {Path(args.bag).name} at {fmt_number(result['input_fps'])} fps, "
-                     f"model {result['model']}, resize_mode {args.resize_mode}, {platform.machine()}, "
-                     f"device {args.device}, threads {args.threads or 'default'}")
+                     f"model {result['model']}, backend {args.backend}"
+                     + (f" ({args.providers})" if args.backend != "torch" else "")
+                     + f", resize_mode {args.resize_mode}, {platform.machine()}, device {args.device}, "
+                     f"threads {args.threads or 'default'}")
             replace_section(args.update_readme, args.readme_section,
                             format_markdown(result, setup, command_line("clustvit_ros.evaluate_bag", argv)))
     return 0

@@ -25,7 +25,8 @@ RVIZ_IMAGE_OUTPUTS = ("overlay", "clusters", "confidence", "mask_color")
 SOURCE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 BOOL_CHOICES = ("true", "false")
-PARAM_OVERRIDES = ("model", "weights", "device", "resize_mode")  # launch arguments that override the params file when non-empty
+# launch arguments that override the params file when non-empty
+PARAM_OVERRIDES = ("model", "weights", "device", "resize_mode", "backend", "providers", "image_topics")
 _TOKEN = r"[A-Za-z_][A-Za-z0-9_]*"
 TOPIC_PATTERN = re.compile(rf"^/?{_TOKEN}(/{_TOKEN})*$")
 NAMESPACE_PATTERN = re.compile(rf"^/?({_TOKEN}(/{_TOKEN})*)?$")

@@ -112,7 +112,8 @@ def test_launch_file_declares_every_argument(launch_file):
     declared = [e for e in entities if isinstance(e, FakeDeclareLaunchArgument)]
     expected = launch_arguments()
     assert [d.name for d in declared] == [a.name for a in expected] == [
-        "model", "weights", "device", "resize_mode", "image", "namespace", "params_file", "use_sim_time", "use_rviz"]
+        "model", "weights", "device", "resize_mode", "backend", "providers", "image_topics", "image", "namespace",
+        "params_file", "use_sim_time", "use_rviz"]
     assert [d.default_value for d in declared] == [a.default for a in expected]
     assert all(d.description for d in declared)
     choices = {d.name: d.choices for d in declared}
