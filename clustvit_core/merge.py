@@ -2,7 +2,8 @@
 
 Layout conventions (patch tokens only; the CLS token never takes part):
     x            [B, N, D]  patch tokens in raster order, N = h * w
-    cluster_ids  [B, N]     long, 0 = keep the token as it is, 1..k = member of cluster j
+    cluster_ids  [B, N]     long, 0 = keep the token as it is, 1..k = member of cluster j, -1 = leave the
+                            token out altogether (e.g. letterbox padding): in no sequence, regenerated as zero
     reduced      [B, L, D]  kept tokens (raster order) followed by one mean per non-empty cluster,
                             right-padded to the longest sequence in the batch
 
@@ -64,8 +65,9 @@ def plan_merge(cluster_ids: Tensor, k: int, keep_empty: bool = False) -> MergePl
         length decides tensor shapes, so this is the one unavoidable device sync).
     """
     B, N = cluster_ids.shape
-    ones = torch.ones_like(cluster_ids)
-    counts = torch.zeros(B, k + 1, dtype=torch.long, device=cluster_ids.device).scatter_add_(1, cluster_ids, ones)
+    members = (cluster_ids > 0).long()  # left-out tokens (-1) count nowhere
+    counts = torch.zeros(B, k + 1, dtype=torch.long, device=cluster_ids.device).scatter_add_(
+        1, cluster_ids.clamp(min=0), members)
     counts = counts[:, 1:]
     present = torch.cat([cluster_ids == 0, (counts > 0) | keep_empty], dim=1)  # [B, N + k]
     tokens = present.sum(dim=1)
@@ -86,7 +88,8 @@ def cluster_means(x: Tensor, plan: MergePlan) -> Tensor:
         [B, k, D]; zero for an empty cluster.
     """
     B, N, D = x.shape
-    sums = x.new_zeros(B, plan.k + 1, D).scatter_add(1, plan.cluster_ids[..., None].expand(-1, -1, D), x)
+    ids = plan.cluster_ids.clamp(min=0)  # left-out tokens (-1) go to column 0, which is discarded
+    sums = x.new_zeros(B, plan.k + 1, D).scatter_add(1, ids[..., None].expand(-1, -1, D), x)
     return sums[:, 1:] / plan.counts.clamp(min=1)[..., None].to(x.dtype)
 
 
@@ -156,7 +159,7 @@ def reduced_position(plan: MergePlan) -> Tensor:
     positions = torch.arange(L, device=plan.slots.device).expand(B, -1)
     pos_of_slot = plan.slots.new_zeros(B, N + plan.k + 1).scatter(1, plan.slots, positions)  # padding: slot N + k
     patch = torch.arange(N, device=plan.slots.device).expand(B, -1)
-    slot_of_patch = torch.where(plan.cluster_ids == 0, patch, N + plan.cluster_ids - 1)
+    slot_of_patch = torch.where(plan.cluster_ids <= 0, patch, N + plan.cluster_ids - 1)  # left out: any slot
     return pos_of_slot.gather(1, slot_of_patch)
 
 

@@ -220,9 +220,10 @@ class ClustViTBackbone(nn.Module):
         return resample_pos_embed(self.pos_embed, grid, self.grid)
 
     def forward(self, images: Tensor, out_indices: tuple[int, ...], cluster_ids: Tensor | None = None, keep_bias: float = 0.0,
-                share_scores: Tensor | None = None) -> BackboneOutput:
+                share_scores: Tensor | None = None, drop_mask: Tensor | None = None) -> BackboneOutput:
         """images [B, C, H, W] with H, W multiples of the patch size -> features after `out_indices` blocks.
-        CTS: `share_scores` [B, gh, gw] (e.g. block purity of the ground truth: oracle sharing) replace the policy's."""
+        CTS: `share_scores` [B, gh, gw] (e.g. block purity of the ground truth: oracle sharing) replace the policy's.
+        ClustViT: `drop_mask` [B, h, w] bool marks patches to leave out of the sequence (letterbox padding)."""
         B, _, H, W = images.shape
         h, w = H // self.patch_size, W // self.patch_size
         x = self.patch_embed(images)  # [B, N, D]
@@ -242,6 +243,10 @@ class ClustViTBackbone(nn.Module):
             ids = assign_clusters(logits.detach(), keep_bias)
         else:
             ids = check_cluster_ids(cluster_ids, B, h, w, self.k).to(images.device)
+        if drop_mask is not None:
+            if tuple(drop_mask.shape) != (B, h, w):
+                raise InputError(f"drop_mask has shape {tuple(drop_mask.shape)}, expected [{B}, {h}, {w}] (one flag per patch)")
+            ids = torch.where(drop_mask.reshape(B, h * w).to(ids.device, torch.bool), torch.full_like(ids, -1), ids)
         keep_empty = self.empty_clusters == "zeros"
         if keep_empty and bool((ids == ids.view(-1)[0]).all()):
             ids = torch.zeros_like(ids)  # the authors' forward merges nothing when the batch holds a single id
@@ -366,7 +371,7 @@ class ClustViT(nn.Module):
         return self.backbone.clustering
 
     def forward(self, images: Tensor, cluster_ids: Tensor | None = None, keep_bias: float = 0.0,
-                share_scores: Tensor | None = None) -> ClustViTOutput:
+                share_scores: Tensor | None = None, drop_mask: Tensor | None = None) -> ClustViTOutput:
         """Segment normalized images.
 
         Args:
@@ -378,6 +383,9 @@ class ClustViT(nn.Module):
             keep_bias: added to the "keep" logit before the argmax (> 0 merges fewer tokens).
             share_scores: CTS only: optional [B, ceil(H/p) // 2, ceil(W/p) // 2] scores replacing the policy's
                 (oracle sharing, e.g. `pseudo.block_purity` of the ground truth).
+            drop_mask: ClustViT only: optional [B, ceil(H/p), ceil(W/p)] bool, patches left out of the sequence
+                after the injection point (cluster id -1; their outputs are meaningless): letterbox padding,
+                which a model never trained on it would otherwise keep as tokens.
         """
         images = self.check_images(images)
         H, W = images.shape[-2:]
@@ -389,7 +397,10 @@ class ClustViT(nn.Module):
             raise InputError("cluster_ids given to a plain ViT (k=None): it has no Cluster module")
         if share_scores is not None and not self.config.sharing:
             raise InputError("share_scores given to a model without token sharing (cts_reduction is not set)")
-        out = self.backbone(images, self.out_indices, cluster_ids=cluster_ids, keep_bias=keep_bias, share_scores=share_scores)
+        if drop_mask is not None and not self.clustering:
+            raise InputError("drop_mask given to a model without a Cluster module (k is not set)")
+        out = self.backbone(images, self.out_indices, cluster_ids=cluster_ids, keep_bias=keep_bias, share_scores=share_scores,
+                            drop_mask=drop_mask)
         if out.reduced is not None:  # decoder_merge: mask scores of the merged sequence, copied to every member patch
             plan = out.plan
             masks = self.head.forward_tokens(out.reduced, plan.valid if plan.padded else None)  # [B, L, C]

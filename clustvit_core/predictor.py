@@ -175,14 +175,23 @@ def predict_batch(model: nn.Module, images: Sequence[np.ndarray], *, size: int |
     return results
 
 
+def padding_patches(contents: Sequence[tuple[int, int]], size: tuple[int, int], patch: int) -> Tensor:
+    """[B, h, w] bool: the patches of a letterboxed network input that hold only padding (the image's part of
+    each input is its top-left `contents[b]` = (h', w') pixels): a ClustViT leaves them out of its sequence."""
+    h, w = size[0] // patch, size[1] // patch
+    rows = torch.arange(h)[:, None] * patch
+    cols = torch.arange(w)[None, :] * patch
+    return torch.stack([(rows >= ch) | (cols >= cw) for ch, cw in contents])
+
+
 @dataclass
 class Segmentation:
     """One image's result from `Segmenter`.
 
     labels:        uint8 [H, W] class ids at input resolution (uint16 when the model has > 255 classes).
     confidence:    uint8 [H, W], the winning class's softmax probability x 255, or None when not asked for.
-    cluster_ids:   int64 [h/p, w/p] cluster of each patch token on the network grid (p = patch size; 0 = kept),
-                   None for a plain ViT.
+    cluster_ids:   int64 [h/p, w/p] cluster of each patch token on the network grid (p = patch size; 0 = kept,
+                   -1 = letterbox padding left out of the sequence), None for a plain ViT.
     class_pixels:  int64 [num_classes] pixels predicted as each class.
     patch_tokens:  tokens before merging; tokens: after merging (kept_tokens + clusters_used).
     network_size:  (h, w) of the network input.
@@ -308,8 +317,11 @@ class Segmenter:
         self._sync()
         t1 = time.perf_counter()
         dtype = self.autocast_dtype
+        kwargs = {}
+        if self.resize_mode == "letterbox" and self.backend == "torch" and self.model.clustering:
+            kwargs["drop_mask"] = padding_patches(contents, self.size, self.data.patch_size).to(self.device)
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            out = self.model(x, keep_bias=float(keep_bias))
+            out = self.model(x, keep_bias=float(keep_bias), **kwargs)
         self._sync()
         t2 = time.perf_counter()
         network, times = tuple(x.shape[-2:]), (1e3 * (t1 - t0), 1e3 * (t2 - t1))

@@ -51,13 +51,14 @@ def upsample_ids(cluster_ids, out_shape: tuple[int, int], input_shape: tuple[int
     `input_shape` is the (height, width) of the network input the ids were computed on. The grid
     covers that input padded to multiples of `patch` (the model's patch size, needed with
     `input_shape`); the padding is cut off before scaling to `out_shape`. Without it, the grid is
-    taken to cover exactly the image.
+    taken to cover exactly the image. Ids of -1 (left out of the sequence) come back as 0.
     """
     ids = _numpy(cluster_ids)
     if ids.ndim == 3 and ids.shape[0] == 1:
         ids = ids[0]
     if ids.ndim != 2:
         raise ValueError(f"cluster ids must be [h, w] (one image), got shape {ids.shape}")
+    ids = np.maximum(ids, 0)  # -1 (letterbox padding left out of the sequence) is drawn as kept
     ids = ids.astype(np.uint8) if ids.max(initial=0) < 256 else ids.astype(np.int32)
     if input_shape is not None:
         if not patch:

@@ -5,8 +5,8 @@
 Runs `Segmenter` (what the node runs) on frames of camera-like sizes: generated field scenes at CWFID's
 1296x966 and at SUIM-like 1906x1080 (wide underwater frames), and, when CWFID is on this machine and a
 trained `cwfid_k3_ip3` is in the weights cache, the CWFID test images. Letterbox pads the frame to the
-network's aspect with the mean colour; the padding is uniform, so the Cluster module should merge it
-instead of spending tokens on it. Reports tokens (mean over frames) and the padding's share of the input.
+network's aspect with the mean colour; a ClustViT leaves the padding patches out of its sequence
+(`drop_mask`). Reports tokens (mean over frames), the padding's share of the input and mIoU of both modes.
 """
 from __future__ import annotations
 
@@ -24,14 +24,19 @@ from clustvit_core.readme import replace_section  # noqa: E402
 SECTION = "letterbox"
 
 
-def rows_for(model: str, frames: list[np.ndarray], what: str, weights: str | None = None) -> dict:
+def rows_for(model: str, frames: list[np.ndarray], labels: list[np.ndarray], what: str) -> dict:
+    from clustvit_core.metrics import confusion_matrix, per_class_iou
     from clustvit_core.predictor import Segmenter
 
     row = {"frames": what, "model": model, "n": len(frames)}
     for mode in ("stretch", "letterbox"):
-        seg = Segmenter(model, weights, device="cpu", resize_mode=mode)
+        seg = Segmenter(model, None, device="cpu", resize_mode=mode)
         results = [seg(f) for f in frames]
         row[mode] = float(np.mean([r.tokens for r in results]))
+        conf = np.zeros((seg.num_classes, seg.num_classes), np.int64)
+        for r, lab in zip(results, labels):
+            confusion_matrix(r.labels.astype(np.int64), lab, seg.num_classes, out=conf)
+        row[f"miou_{mode}"] = float(np.nanmean(per_class_iou(conf)))
         row["patch_tokens"] = results[0].patch_tokens
         if mode == "letterbox":
             h, w = results[0].network_size
@@ -51,22 +56,26 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, (w, h), kind, model in (("generated field, CWFID size", (1296, 966), "agri", "synthetic_agri_k3_ip3"),
                                       ("generated field, SUIM-like wide", (1906, 1080), "agri", "synthetic_agri_k3_ip3")):
-        frames = [make_scene(kind, 1000 + i, (h, w))[0] for i in range(args.frames)]
-        rows.append(rows_for(model, frames, f"{name} {w}x{h}"))
+        scenes = [make_scene(kind, 1000 + i, (h, w)) for i in range(args.frames)]
+        rows.append(rows_for(model, [s[0] for s in scenes], [s[1] for s in scenes], f"{name} {w}x{h}"))
     try:
         from clustvit_core.data import build_dataset
 
         test = build_dataset("cwfid", "test")
-        frames = [test[i].image for i in range(len(test))]
-        rows.append(rows_for("cwfid_k3_ip3", frames, f"CWFID test {frames[0].shape[1]}x{frames[0].shape[0]}"))
+        samples = [test[i] for i in range(len(test))]
+        frames = [s.image for s in samples]
+        rows.append(rows_for("cwfid_k3_ip3", frames, [s.labels for s in samples],
+                             f"CWFID test {frames[0].shape[1]}x{frames[0].shape[0]}"))
     except ClustViTError as exc:  # no dataset or no trained weights here: generated frames only
         print(f"note: CWFID row skipped ({exc})", file=sys.stderr)
 
-    lines = ["| frames | model | network input | tokens stretch | tokens letterbox | padding (letterbox) | of patch tokens |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| frames | model | network input | tokens stretch | tokens letterbox | padding (letterbox) | of patch tokens "
+             "| mIoU stretch | mIoU letterbox |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['frames']} ({r['n']}) | {r['model']} | {r['network']} | {r['stretch']:.0f} | "
-                     f"{r['letterbox']:.0f} | {100 * r['padding']:.0f} % | {r['patch_tokens']} |")
+                     f"{r['letterbox']:.0f} | {100 * r['padding']:.0f} % | {r['patch_tokens']} | "
+                     f"{100 * r['miou_stretch']:.1f} | {100 * r['miou_letterbox']:.1f} |")
     table = "\n".join(lines)
     print(table)
     if args.update_readme:

@@ -109,3 +109,40 @@ def test_decoder_merge_equals_the_model_when_nothing_merges_and_batches_equal_si
         cc.build_model("cwfid_vit", decoder_merge=True)
     with pytest.raises(cc.ConfigError, match="decoder_merge needs a ClustViT"):
         cc.build_model("cwfid_k3_ip3", decoder_merge=True, head="uper")
+
+
+def test_left_out_tokens_are_in_no_sequence_and_regenerate_as_zero():
+    x = torch.arange(6 * 2, dtype=torch.float).reshape(1, 6, 2)
+    ids = torch.tensor([[0, 1, 1, -1, -1, 0]])
+    plan = plan_merge(ids, k=2)
+    assert plan.tokens.tolist() == [3] and plan.counts.tolist() == [[2, 0]]  # kept 0 and 5, cluster 1
+    reduced = merge_tokens(x, plan)
+    torch.testing.assert_close(reduced[0], torch.stack([x[0, 0], x[0, 5], x[0, 1:3].mean(0)]))
+    grid = regenerate(reduced, x, plan, lambda own, reps, b, c: reps[b, c])
+    assert grid[0, 3].abs().sum() == 0 and grid[0, 4].abs().sum() == 0
+    torch.testing.assert_close(grid[0, 1], x[0, 1:3].mean(0))
+
+
+def test_drop_mask_leaves_padding_out_and_the_segmenter_uses_it_for_letterbox(tmp_path):
+    import numpy as np
+
+    import clustvit_core as cc
+    from clustvit_core.predictor import Segmenter, padding_patches
+    from conftest import tiny_model
+
+    model = tiny_model().eval()
+    x = torch.randn(1, 3, 64, 64)
+    drop = torch.zeros(1, 4, 4, dtype=torch.bool)
+    drop[:, 3:, :] = True  # the last patch row: padding
+    with torch.no_grad():
+        full, dropped = model(x, keep_bias=50.0), model(x, keep_bias=50.0, drop_mask=drop)
+    assert int(full.tokens[0]) == 16 and int(dropped.tokens[0]) == 12
+    assert (dropped.cluster_ids[0, 3] == -1).all()
+    assert padding_patches([(40, 64)], (64, 64), 16)[0].sum() == 4  # rows from 48 on: padding only
+    with pytest.raises(cc.InputError, match="drop_mask given to a model without a Cluster module"):
+        tiny_model(k=None, ip=None)(x, drop_mask=drop)
+    weights = cc.save_checkpoint(tmp_path / "w.safetensors", model.state_dict(), model.config)
+    seg = Segmenter(model.config.to_dict(), str(weights), device="cpu", resize_mode="letterbox")
+    wide = np.zeros((32, 128, 3), np.uint8)  # letterboxed into 64x64: 16 rows of image, 48 of padding
+    result = seg(wide, keep_bias=50.0)  # nothing merged: the tokens are the image's patches only
+    assert result.tokens == 4 and result.labels.shape == (32, 128)
