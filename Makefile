@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ROS_STAMP := $(VENV)/.ros-built
 
-.PHONY: setup demo test train-cwfid evaluate-cwfid evaluate-cwfid-bag benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo evaluate-keep-bias clean
+.PHONY: setup demo test train-cwfid evaluate-cwfid evaluate-cwfid-bag benchmark-onnx benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo evaluate-keep-bias clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ test: $(ROS_STAMP)
 # The README's CWFID table (real images from ../shared/data/cwfid).
 benchmark-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 100 --size 448 --oracle-clusters --rounds 5 --threads 2 --json out/benchmark_cwfid.json --update-readme README.md
+
+# ViT vs ClustViT with PyTorch (eager) and ONNX Runtime (CPU) in one table (README section onnx).
+benchmark-onnx: $(STAMP)
+	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --backends torch onnxruntime --images cwfid:test --num-images 100 --size 448 --oracle-clusters --rounds 3 --threads 2 --json out/benchmark_onnx.json --update-readme README.md --readme-section onnx
 
 benchmark-batching: $(STAMP)
 	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 16 --size 448 --oracle-clusters --batch 8 --batch-modes pad split --rounds 4 --threads 2 --json out/benchmark_batching.json --update-readme README.md --readme-section batching
