@@ -41,12 +41,17 @@ def format_sweep(results: list[EvalResult]) -> str:
              "| keep_bias | tokens / image | kept | GFLOPs / image | mIoU | " + " | ".join(names) + " |",
              "|---" * (5 + len(names)) + "|"]
     for r in results:
-        tok = r.tokens
-        gflops = "–" if r.gflops is None else f"{r.gflops.mean:.2f}"
-        per_class = " | ".join(_fmt(r.per_class[n].iou) for n in names)
-        lines.append(f"| {r.keep_bias:g} | {tok.mean:.0f} ± {tok.std:.0f} (of {tok.full_mean:.0f}) | "
-                     f"{_fmt(tok.kept_fraction)} % | {gflops} | {_fmt(r.miou)} | {per_class} |")
+        lines.append(f"| {r.keep_bias:g} | {_result_cells(r, names)} |")
     return "\n".join(lines)
+
+
+def _result_cells(r: EvalResult, names, gflops_digits: int = 2) -> str:
+    """The table cells tokens / image | kept | GFLOPs / image | mIoU | IoU per class of one result."""
+    tok = r.tokens
+    gflops = "–" if r.gflops is None else f"{r.gflops.mean:.{gflops_digits}f}"
+    per_class = " | ".join(_fmt(r.per_class[n].iou) for n in names)
+    return (f"{tok.mean:.0f} ± {tok.std:.0f} (of {tok.full_mean:.0f}) | {_fmt(tok.kept_fraction)} % | {gflops} | "
+            f"{_fmt(r.miou)} | {per_class}")
 
 
 def format_comparison(results: list[EvalResult]) -> str:
@@ -61,11 +66,7 @@ def format_comparison(results: list[EvalResult]) -> str:
              "| model | weights | tokens / image | kept | GFLOPs / image | mIoU | " + " | ".join(names) + " |",
              "|---" * (6 + len(names)) + "|"]
     for r in results:
-        tok = r.tokens
-        gflops = "–" if r.gflops is None else f"{r.gflops.mean:.1f}"
-        per_class = " | ".join(_fmt(r.per_class[n].iou) for n in names)
-        lines.append(f"| {r.model} | `{r.weights}` | {tok.mean:.0f} ± {tok.std:.0f} (of {tok.full_mean:.0f}) | "
-                     f"{_fmt(tok.kept_fraction)} % | {gflops} | {_fmt(r.miou)} | {per_class} |")
+        lines.append(f"| {r.model} | `{r.weights}` | {_result_cells(r, names, 1)} |")
     vit = next((r for r in results if not r.clustering), None)
     if vit is not None and vit.miou is not None:
         notes = []
