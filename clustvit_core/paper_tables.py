@@ -117,6 +117,7 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, iters: int | 
     from .data import build_dataset
     from .evaluate import evaluate
     from .registry import build_model
+    from .weights import read_checkpoint_config
 
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(ablation)
@@ -125,7 +126,7 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, iters: int | 
     results, models = {}, {}
     for row in rows:
         weights = train_or_reuse(row, out, quick=quick, iters=iters, device=device, data_root=data_root, log=log)
-        model = build_model(json.loads(json.dumps(_config_of(weights))), weights=weights).to(device).eval()
+        model = build_model(read_checkpoint_config(weights), weights=weights).to(device).eval()
         r = evaluate(model, dataset, max_images=n, flops_images=None, progress=False, device=device,
                      recall_exclude=[0])
         results[row.label] = {"row": row.__dict__, "weights": str(weights), "kind": model.config.kind,
@@ -144,12 +145,6 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, iters: int | 
     plots = write_plots(results, out)
     (out / "README.md").write_text(report(results, machine, plots))
     return results
-
-
-def _config_of(weights: Path) -> dict:
-    from .weights import read_checkpoint_config
-
-    return read_checkpoint_config(weights).to_dict()
 
 
 def _iters_of(work: Path) -> int | None:

@@ -118,3 +118,12 @@ def test_manifests_agree_with_the_code():
     executables = re.search(r"foreach\(CLUSTVIT_MODULE ([\w ]+)\)", (REPO / "clustvit_ros" / "CMakeLists.txt").read_text())
     for module in executables.group(1).split():
         assert "\ndef main(" in (REPO / "clustvit_ros" / f"{module}.py").read_text(), module
+
+
+def test_backend_and_provider_names_match_clustvit_core():
+    """params.py keeps torch-free copies of these names; they must stay equal to the core's."""
+    from clustvit_core.onnx_runtime import PROVIDERS
+    from clustvit_core.predictor import BACKENDS
+    from clustvit_ros import params
+
+    assert params.BACKENDS == BACKENDS and params.PROVIDERS == tuple(PROVIDERS)
