@@ -71,9 +71,12 @@ def private_environment(domain_id: int | None = None, base: dict | None = None) 
     return env
 
 
-def node_command(model: str, topic: str, msgtype: str, params: dict | None = None, extra: list[str] = ()) -> list[str]:
+def node_command(model: str, topic: str, msgtype: str, params: dict | None = None, extra: list[str] = (),
+                 reliable: bool = False) -> list[str]:
     """The segment_node command line reading `topic` (an Image or CompressedImage topic), with `model` and
-    the node parameters `params` ({name: value}, see clustvit_ros.params; ConfigError if one is invalid)."""
+    the node parameters `params` ({name: value}, see clustvit_ros.params; ConfigError if one is invalid).
+    `reliable`: the node's input subscription reliable too (its standard QoS override), so that with a
+    reliable publisher no frame is lost in transport, not even one sent while discovery completes."""
     values = {"model": model, **(params or {}), "diagnostics_period": DIAGNOSTICS_PERIOD}
     if msgtype == COMPRESSED_TYPE:
         values["compressed_input"] = True
@@ -81,6 +84,8 @@ def node_command(model: str, topic: str, msgtype: str, params: dict | None = Non
     else:
         remaps = [f"image:={topic}"]
     cmd = [sys.executable, "-m", "clustvit_ros.segment_node", "--ros-args", *ros_arguments(values)]
+    if reliable:
+        cmd += ["-p", f"qos_overrides.{topic}.subscription.reliability:=reliable"]
     for remap in remaps:
         cmd += ["-r", remap]
     return cmd + list(extra)
@@ -248,7 +253,8 @@ def evaluate_bag(bag: str | Path, model: str, *, topic: str = DEFAULT_TOPIC, gt_
 
     env = private_environment(domain_id)
     with tempfile.TemporaryDirectory(prefix="clustvit_evaluate_") as tmp:
-        node = NodeProcess(node_command(model, topic, msgtype, node_params), env, Path(tmp) / "segment_node.log")
+        node = NodeProcess(node_command(model, topic, msgtype, node_params, reliable=reliable), env,
+                           Path(tmp) / "segment_node.log")
         try:
             collected, seconds, class_names = _run(env, bag, topic, node, labels, save_stamps, save_dir, rate,
                                                    reliable, node_timeout, settle, frames_in, progress)
@@ -432,7 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gt-topic", help="topic of mono8 label images (255 = unlabeled) for mIoU, matched by stamp")
     parser.add_argument("--rate", type=float, default=1.0,
                         help="replay speed: 1 = recorded pace (default), 2 = twice as fast, 0 = as fast as possible")
-    parser.add_argument("--reliable", action="store_true", help="replay with reliable QoS (default: best effort)")
+    parser.add_argument("--reliable", action="store_true",
+                        help="replay with reliable QoS and make the node's input subscription reliable: no frame "
+                        "lost in transport (default: best effort, like a camera driver)")
     parser.add_argument("--json", metavar="PATH", help="write the report (all numbers, per-frame list) as JSON")
     parser.add_argument("--plot", metavar="PNG", help="plot latency and tokens per frame")
     parser.add_argument("--save-images", metavar="DIR", help="write ~/overlay and ~/clusters PNGs of a few frames")

@@ -41,8 +41,10 @@ def run_cli(args, env, timeout=180):
 def test_evaluate_bag_reports_every_frame(small_bag, tmp_path, monkeypatch):
     for key, value in ros_env(tmp_path / "log").items():
         monkeypatch.setenv(key, value)
+    # reliable end to end: a best-effort frame may be lost in transport on a loaded machine (seen in CI: the
+    # node never learns of a frame sent while discovery completes), which is not what this test is about
     result = evaluate_bag(small_bag, "synthetic_agri_k3_ip3", gt_topic="/labels", device="cpu", rate=1.0,
-                          save_dir=tmp_path / "images", num_saved=2, progress=False)
+                          reliable=True, save_dir=tmp_path / "images", num_saved=2, progress=False)
     for key in KEYS:
         assert key in result
     assert result["frames_in"] == 12
@@ -85,6 +87,9 @@ def test_node_command_sets_typed_parameters():
     args = cmd[cmd.index("--ros-args") + 1:]
     for arg in ('model:="m"', "keep_bias:=1.0", 'device:="cpu"', "compressed_input:=true", "image/compressed:=/cam"):
         assert arg in args, (arg, args)
+    assert not any("qos_overrides" in a for a in args)
+    reliable = node_command("m", "/cam", COMPRESSED_TYPE, reliable=True)
+    assert "qos_overrides./cam.subscription.reliability:=reliable" in reliable
     with pytest.raises(ConfigError, match="precision"):
         evaluate_bag("no_bag", "m", precision="int8")
 
