@@ -13,11 +13,6 @@ if TYPE_CHECKING:  # evaluate imports this module for its CLI
     from .evaluate import EvalResult
 
 
-def _size(size) -> str:
-    """'512x512' of a side, 'HxW' of [h, w]."""
-    return f"{size}x{size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"
-
-
 def _fmt(value, digits: int = 1, percent: bool = True) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -37,7 +32,7 @@ def format_sweep(results: list[EvalResult]) -> str:
     inp = first.input
     lines = [f"{first.num_images} images of {first.dataset}"
              + (f" ({first.split})" if first.split else "")
-             + (f", resize to {_size(inp.size)}" if inp.mode == "resize" else ""), "",
+             + f", {inp.describe()}", "",
              "| keep_bias | tokens / image | kept | GFLOPs / image | mIoU | " + " | ".join(names) + " |",
              "|---" * (5 + len(names)) + "|"]
     for r in results:
@@ -60,7 +55,7 @@ def format_comparison(results: list[EvalResult]) -> str:
     names = results[0].class_names
     first = results[0]
     inp = first.input
-    mode = f"slide, crop {_size(inp.size)}, stride {inp.stride}" if inp.mode == "slide" else f"resize to {_size(inp.size)}"
+    mode = inp.describe()
     lines = [f"{first.num_images} images of {first.dataset}" + (f" ({first.split})" if first.split else "")
              + f", {mode}, keep_bias {first.keep_bias:g}", "",
              "| model | weights | tokens / image | kept | GFLOPs / image | mIoU | " + " | ".join(names) + " |",
@@ -87,7 +82,7 @@ def format_markdown(result: EvalResult) -> str:
     """The human-readable report (metrics.md) of an `evaluate` result."""
     names = result.class_names
     inp = result.input
-    mode = f"slide, crop {_size(inp.size)}, stride {inp.stride}" if inp.mode == "slide" else f"resize to {_size(inp.size)}"
+    mode = inp.describe()
     lines = [f"# Evaluation: {result.model or 'model'} on {result.dataset}"
              + (f" ({result.split})" if result.split else ""), ""]
     if result.weights:

@@ -67,8 +67,21 @@ class ClassMetrics:
 @dataclass
 class InputMode:
     mode: str  # "resize" | "slide"
-    size: int | list[int]  # network input side (or [h, w])
+    size: int | list[int]  # network input side (or [h, w]); slide: the window side
     stride: int | None = None  # slide only
+    scale: list[int] | None = None  # slide only: [h, w] the image is resized to (None: fit (4 * size, size))
+
+    def describe(self) -> str:
+        """'resize to 784x588' or 'slide, crop 392x392, stride 261[, on 588x784]' (README tables)."""
+        if self.mode != "slide":
+            return f"resize to {_size_text(self.size)}"
+        on = f", on {_size_text(self.scale)}" if self.scale else ""
+        return f"slide, crop {_size_text(self.size)}, stride {self.stride}{on}"
+
+
+def _size_text(size) -> str:
+    """'512x512' of a side, 'HxW' of [h, w]."""
+    return f"{size}x{size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"
 
 
 @dataclass
@@ -183,8 +196,9 @@ def _safe(name: str) -> str:
 
 # ----------------------------------------------------------------------------------------- evaluate
 
-def evaluate(model, dataset, *, size: int | None = None, max_images: int | None = None, batch_size: int = 1,
-             slide: bool = False, stride: int | None = None, keep_bias: float = 0.0, flops_images: int | None = 0,
+def evaluate(model, dataset, *, size: int | tuple[int, int] | None = None, max_images: int | None = None,
+             batch_size: int = 1, slide: bool = False, stride: int | None = None,
+             slide_scale: tuple[int, int] | None = None, keep_bias: float = 0.0, flops_images: int | None = 0,
              recall_exclude: Sequence[int] = (), show: int = 0, out_dir: str | Path | None = None,
              progress: bool = True, device: str | torch.device | None = None) -> EvalResult:
     """Evaluate `model` on `dataset`.
@@ -195,10 +209,11 @@ def evaluate(model, dataset, *, size: int | None = None, max_images: int | None 
         dataset: any map-style dataset (len, [i]) whose items are `Sample`s or (image, labels[, name])
             tuples: image uint8 [H, W, 3] RGB, labels integer [H, W] (255 = ignore), any resolution.
             `class_names` / `palette` / `num_classes` attributes are used when present.
-        size: network input side (default: the model's training size).
+        size: network input side or (h, w) (default: the model's training size); slide: the window side.
         max_images: evaluate only the first N images (None: all).
         batch_size: images per forward pass (resize mode; slide runs image by image).
-        slide: mmseg slide inference instead of the plain resize; `stride` defaults to 2/3 of `size`.
+        slide: mmseg slide inference instead of the plain resize; `stride` defaults to 2/3 of `size`;
+            each image is first resized to `slide_scale` (h, w), default: to fit (4 * size, size).
         keep_bias: the model's runtime knob (> 0 keeps more tokens).
         flops_images: count FLOPs on the first N images (0: none, None or < 0: all).
         recall_exclude: class ids left out of the size-stratified recall (e.g. [0] for background).
@@ -248,7 +263,7 @@ def evaluate(model, dataset, *, size: int | None = None, max_images: int | None 
             for _, labels, name in items:
                 check_label_values(labels, num_classes, name)
             preds = predict_batch(model, [im for im, _, _ in items], size=net_size, keep_bias=keep_bias, slide=slide,
-                                  stride=stride)
+                                  stride=stride, slide_scale=slide_scale)
             for offset, ((image, labels, name), res) in enumerate(zip(items, preds)):
                 index = start + offset
                 pred = labels_at(res.logits[0], labels.shape)
@@ -268,7 +283,8 @@ def evaluate(model, dataset, *, size: int | None = None, max_images: int | None 
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start_time
-    inp = InputMode("slide" if slide else "resize", net_size[0] if net_size[0] == net_size[1] else list(net_size), stride)
+    inp = InputMode("slide" if slide else "resize", net_size[0] if net_size[0] == net_size[1] else list(net_size), stride,
+                    [int(v) for v in slide_scale] if slide and slide_scale else None)
     return _summarize(conf, size_recall, records, class_names, inp, keep_bias, model, dataset, figures, seconds)
 
 
@@ -403,8 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test", help="dataset split: train, val or test (default test)")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default out/eval/MODEL_SPLIT)")
     parser.add_argument("--show", type=int, default=0, metavar="N", help="write example figures of the first N images (default 0)")
-    parser.add_argument("--size", type=int, default=None, metavar="S", help="network input side, a multiple of the model's patch size (default: the model's img_size)")
-    parser.add_argument("--slide", action="store_true", help="sliding-window inference on the image scaled to fit (4S, S) (mmseg 'slide')")
+    parser.add_argument("--size", nargs="+", default=None, metavar="S",
+                        help="network input side, or H W; multiples of the model's patch size (default: the model's img_size)")
+    parser.add_argument("--slide", action="store_true",
+                        help="sliding-window inference with S x S windows on the image scaled to fit (4S, S) (mmseg 'slide')")
+    parser.add_argument("--slide-scale", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="with --slide: resize each image to H x W first (e.g. the training scale) instead")
     parser.add_argument("--stride", type=int, default=None, help="window step for --slide in pixels (default 2/3 of --size)")
     parser.add_argument("--keep-bias", type=float, nargs="+", default=[0.0], metavar="B",
                         help="added to the Cluster module's keep logit: > 0 keeps more tokens (default 0); several values "
@@ -452,12 +472,19 @@ def main(argv: list[str] | None = None) -> int:
     args.recall_exclude, given = split_key_values(args.recall_exclude)
     args.models, given_models = split_key_values(args.models)
     args.weights, given_weights = split_key_values(args.weights)
-    args.overrides = given + given_models + given_weights + args.overrides
+    args.size, given_size = split_key_values(args.size) if args.size else (None, [])
+    args.overrides = given + given_models + given_weights + given_size + args.overrides
     with cli_errors(PROG):
         if args.batch < 1 or (args.num_images is not None and args.num_images < 1) or args.show < 0:
             raise ConfigError("--batch and --num-images must be >= 1, --show >= 0")
         if args.stride is not None and args.stride < 1:
             raise ConfigError(f"--stride {args.stride}: use a positive number of pixels")
+        if args.size is not None:
+            if len(args.size) > 2 or not all(v.isdigit() for v in args.size):
+                raise ConfigError(f"--size {' '.join(args.size)}: give one side or H W, in pixels")
+            args.size = int(args.size[0]) if len(args.size) == 1 else tuple(int(v) for v in args.size)
+        if args.slide_scale is not None and (not args.slide or min(args.slide_scale) < 1):
+            raise ConfigError("--slide-scale H W: positive sides, and only with --slide")
         if len(args.weights) != len(args.models):
             raise ConfigError(f"{len(args.models)} model(s) and {len(args.weights)} --weights: give one weights file per model")
         if len(args.models) > 1 and len(args.keep_bias) > 1:
@@ -510,7 +537,8 @@ def _evaluate_model(args, argv, name: str, weights_arg: str, overrides: dict, de
     for keep_bias in args.keep_bias:
         out_dir = base_dir / f"keep_bias_{keep_bias:g}" if sweep else base_dir
         result = evaluate(model, dataset, size=args.size, max_images=args.num_images, batch_size=args.batch,
-                          slide=args.slide, stride=args.stride, keep_bias=keep_bias, flops_images=flops_images,
+                          slide=args.slide, stride=args.stride, slide_scale=args.slide_scale, keep_bias=keep_bias,
+                          flops_images=flops_images,
                           recall_exclude=exclude, show=args.show, out_dir=out_dir, progress=not args.quiet)
         result.dataset, result.split, result.data_root = dataset_name, args.split, args.data_root
         result.weights, result.device, result.torch_threads = str(weights_arg), str(device), torch.get_num_threads()

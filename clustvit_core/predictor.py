@@ -145,12 +145,14 @@ class Prediction:
 
 @torch.inference_mode()
 def predict_batch(model: nn.Module, images: Sequence[np.ndarray], *, size: int | tuple[int, int] | None = None,
-                  keep_bias: float = 0.0, slide: bool = False, stride: int | None = None) -> list[Prediction]:
+                  keep_bias: float = 0.0, slide: bool = False, stride: int | None = None,
+                  slide_scale: tuple[int, int] | None = None) -> list[Prediction]:
     """The batch prediction path shared by the evaluator and the benchmark: RGB uint8 images -> `Prediction`s.
 
     Resize mode (default): every image resized to `size` (default the model's training size) and run as
-    one batch. Slide mode: each image scaled to fit (4 * size, size) and run as overlapping size x size
-    windows (mmseg 'slide'; `stride` default 2/3 of size). Class ids at any resolution: `labels_at`.
+    one batch. Slide mode: each image resized to `slide_scale` (h, w), default scaled to fit (4 * size, size),
+    and run as overlapping size x size windows (mmseg 'slide'; `stride` default 2/3 of size). Class ids at
+    any resolution: `labels_at`.
     """
     data = model.config.data
     h, w = data.check_size(size or data.input_size, "size")
@@ -166,7 +168,8 @@ def predict_batch(model: nn.Module, images: Sequence[np.ndarray], *, size: int |
     stride = int(stride or max(1, h * 2 // 3))
     results = []
     for image in images:
-        x = preprocess(image, slide_shape(*image.shape[:2], h), data.mean, data.std).to(device)
+        shape = tuple(slide_scale) if slide_scale else slide_shape(*image.shape[:2], h)
+        x = preprocess(image, shape, data.mean, data.std).to(device)
         windows: list = []
         logits = slide_logits(model, x, h, stride, model.num_classes, keep_bias=keep_bias, window_outputs=windows)
         tokens = sum(int(out.tokens[0]) for _, _, out in windows)

@@ -171,9 +171,13 @@ def test_evaluate_accepts_tuples_limits_images_and_slides(tiny):
     scenes = SyntheticScenes("agri", 5, size=(64, 160))  # items are (image, labels) tuples, no names
     result = ev.evaluate(tiny, scenes, max_images=2, slide=True, size=64, flops_images=None, progress=False)
     assert result.num_images == 2 and result.images[0].name == "00000"
-    assert vars(result.input) == {"mode": "slide", "size": 64, "stride": 42}
+    assert vars(result.input) == {"mode": "slide", "size": 64, "stride": 42, "scale": None}
     # 64x160 fits (256, 64) as it is: windows at x = 0, 42, 84, 96 -> 4 x 16 unmerged tokens
     assert result.tokens.full_mean == 64 and result.gflops.images == 2
+    # resized to 128x128 first: 2 x 2 windows of 16 tokens (rows and columns at 0 and 64)
+    scaled = ev.evaluate(tiny, scenes, max_images=1, slide=True, size=64, stride=64, slide_scale=(128, 128),
+                         progress=False)
+    assert scaled.tokens.full_mean == 64 and scaled.input.describe() == "slide, crop 64x64, stride 64, on 128x128"
 
 
 def test_evaluate_user_errors(tiny):
@@ -305,3 +309,17 @@ def test_two_models_in_one_comparison_table(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         ev.main([str(vit_yaml), str(clust_yaml), "--weights", "none", "--quiet", *plain])
     assert "2 model(s) and 1 --weights" in capsys.readouterr().err
+
+
+def test_cli_size_takes_height_and_width(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ev, "build_dataset", lambda *a, **k: TinyDataset(1))
+    out = tmp_path / "eval"
+    assert ev.main(["cwfid_k3_ip3", "--weights", "none", "--out", str(out), "--quiet", "--size", "32", "64",
+                    *TINY_SET]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["input"]["size"] == [32, 64] and metrics["tokens"]["full_mean"] == 8  # 2 x 4 patches of 16
+    for bad, message in ((["--size", "32", "64", "96"], "give one side or H W"),
+                         (["--slide-scale", "64", "64"], "only with --slide")):
+        with pytest.raises(SystemExit):
+            ev.main(["cwfid_k3_ip3", "--weights", "none", "--out", str(out), "--quiet", *bad, *TINY_SET])
+        assert message in capsys.readouterr().err
