@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ROS_STAMP := $(VENV)/.ros-built
 
-.PHONY: setup demo test train-cwfid evaluate-cwfid evaluate-cwfid-bag benchmark-onnx benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo evaluate-keep-bias clean
+.PHONY: setup demo test train-cwfid evaluate-cwfid evaluate-cwfid-input evaluate-cwfid-bag benchmark-onnx benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo evaluate-keep-bias clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ evaluate-cwfid-bag: $(ROS_STAMP)
 # The README's CWFID accuracy table: both trained models on the 21 test images at 784x588, one table.
 evaluate-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.evaluate cwfid_vit cwfid_k3_ip3 --weights default default --data-root ../shared/data/cwfid --threads 2 --flops-images all --quiet --out out/eval/cwfid --update-readme README.md --readme-section cwfid-accuracy
+
+# CWFID input policies (whole image at 3 resolutions, slide windows at the training scale), both trained models
+# (README section cwfid-input; ~10 min on 2 cores).
+evaluate-cwfid-input: $(STAMP)
+	$(PY) scripts/measure_cwfid_input.py --data-root ../shared/data/cwfid --update-readme README.md
 
 test: $(ROS_STAMP)
 	$(PY) -m pytest -q
