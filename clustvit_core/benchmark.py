@@ -38,7 +38,9 @@ from .data.labels import read_labels, read_rgb
 STEM_TAGS = re.compile(r"_(image|img|annotation|mask|label|labels|gt)$", re.IGNORECASE)
 
 
-BACKENDS = ("torch", "onnxruntime")
+# onnxruntime-mha: exported with attention="ort" (ONNX Runtime's fused MultiHeadAttention op)
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-mha")
+ONNX_ATTENTION = {"onnxruntime": "onnx", "onnxruntime-mha": "ort"}
 
 
 @dataclass
@@ -129,18 +131,17 @@ def run(args) -> list[Row]:
             names.append(f"{name} [{mode}]" if len(modes) > 1 else name)
     counted = list(models)  # the torch model whose FLOPs each row reports
     backends = ["torch"] * len(models)
-    if "onnxruntime" in args.backends:  # the same models (same weights) exported; rows "NAME [onnxruntime]"
-        exportable = [(n, m) for n, m in zip(names, models) if not m.config.sharing]
-        if len(exportable) < len(models):
-            print("note: CTS models have no ONNX export; they run with torch only", file=sys.stderr)
-        ort = [(f"{n} [onnxruntime]", _onnx_twin(m, args.size, args.oracle_clusters is not None, args.threads), m)
-               for n, m in exportable]
-        if args.backends == ["onnxruntime"]:
-            models, names, counted, backends = [], [], [], []
-        models += [o for _, o, _ in ort]
-        names += [n for n, _, _ in ort]
-        counted += [m for _, _, m in ort]
-        backends += ["onnxruntime"] * len(ort)
+    exportable = [(n, m) for n, m in zip(names, models) if not m.config.sharing]
+    if len(exportable) < len(models) and set(args.backends) - {"torch"}:
+        print("note: CTS models have no ONNX export; they run with torch only", file=sys.stderr)
+    if "torch" not in args.backends:
+        models, names, counted, backends = [], [], [], []
+    for backend in [b for b in args.backends if b != "torch"]:  # the same models (same weights) exported
+        for n, m in exportable:  # rows "NAME [BACKEND]"
+            models.append(_onnx_twin(m, args.size, args.oracle_clusters is not None, args.threads, ONNX_ATTENTION[backend]))
+            names.append(f"{n} [{backend}]")
+            counted.append(m)
+            backends.append(backend)
     data0 = models[0].config.data
     for m in models[1:]:
         if (m.config.mean, m.config.std) != (data0.mean, data0.std):
@@ -211,14 +212,14 @@ def run(args) -> list[Row]:
     return rows, len(samples)
 
 
-def _onnx_twin(model, size: int, oracle: bool, threads: int | None):
+def _onnx_twin(model, size: int, oracle: bool, threads: int | None, attention: str = "onnx"):
     """`model` exported to a temporary ONNX file at size x size and loaded into an ONNX Runtime session."""
     import tempfile
 
     from .onnx_runtime import OnnxModel, export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(model, Path(tmp) / "model.onnx", size=(size, size), oracle=oracle)
+        path = export_onnx(model, Path(tmp) / "model.onnx", size=(size, size), oracle=oracle, attention=attention)
         return OnnxModel(path, threads=threads or torch.get_num_threads())
 
 
@@ -281,7 +282,7 @@ def format_table(summary: list[dict]) -> str:
         if d["clustering"]:
             note = (f"- {d['model']}: Cluster MLP {100 * d['cluster_share']:.1f} % and Regenerator "
                     f"{100 * d['regenerator_share']:.1f} % of all FLOPs")
-            if "flop_ratio_total" in d and d["backend"] == "onnxruntime":
+            if "flop_ratio_total" in d and d["backend"] != "torch":
                 note += f"; whole-model speed-up = {100 * d['speedup_vs_flop_ratio_total']:.0f} % of the total FLOP ratio"
             elif "flop_ratio_total" in d:
                 note += (f"; backbone speed-up = {100 * d['speedup_vs_flop_ratio_backbone']:.0f} % of the backbone FLOP ratio; "
@@ -315,8 +316,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="how a batch of images with different token counts runs the reduced blocks: one padded, masked batch "
                         "(pad), image by image (split), or auto (split on CPU, pad on GPU); several modes give one row each")
     parser.add_argument("--backends", nargs="+", default=["torch"], metavar="BACKEND",
-                        help="torch and/or onnxruntime: run the models with PyTorch (eager) and/or ONNX Runtime (CPU; each model "
-                        "exported at --size first); one row per model and backend, ratios within a backend (default torch)")
+                        help="torch, onnxruntime, onnxruntime-mha: run the models with PyTorch (eager) and/or ONNX Runtime (CPU; "
+                        "each model exported at --size first; -mha: exported with ONNX Runtime's fused MultiHeadAttention, "
+                        "export --attention ort); one row per model and backend, ratios within a backend (default torch)")
     parser.add_argument("--weights", default="none", help="'none' (random init, default: fine for FLOPs/speed with oracle clusters) or 'default' (the registry's trained weights)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes over the images (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="timed interleaved rounds; the median counts (default 3)")

@@ -56,7 +56,8 @@ def check_sources(config, data_root: str | None = None) -> list[str]:
 
 
 def export_onnx_file(src: str | Path, dst: str | Path, *, model: str | None = None, size=None, opset: int | None = None,
-                     check_images: int = CHECK_IMAGES, data_root: str | None = None, log=print) -> Path:
+                     check_images: int = CHECK_IMAGES, data_root: str | None = None, attention: str = "onnx",
+                     log=print) -> Path:
     """Export `src` to `dst` (.onnx) and check it against PyTorch; WeightsError (nothing written) if they disagree."""
     from .benchmark import load_samples
     from .onnx_runtime import DEFAULT_OPSET, MAX_LOGIT_DIFF, MIN_LABEL_AGREEMENT, OnnxModel, check_onnx, export_onnx
@@ -65,7 +66,8 @@ def export_onnx_file(src: str | Path, dst: str | Path, *, model: str | None = No
     net = build_model(config, weights=src)
     dst = Path(dst)
     tmp = dst.with_name(f".{dst.name}.unchecked")
-    export_onnx(net, tmp, size=size, opset=opset or DEFAULT_OPSET, provenance={"exported_from": str(src)})
+    export_onnx(net, tmp, size=size, opset=opset or DEFAULT_OPSET, provenance={"exported_from": str(src)},
+                attention=attention)
     try:
         onnx_model = OnnxModel(tmp)
         h, w = onnx_model.size
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="ONNX input size in pixels, multiples of the patch size (default: the model's input size)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    parser.add_argument("--attention", choices=("onnx", "ort"), default="onnx",
+                        help="onnx: attention as MatMul/Softmax, runs anywhere (TensorRT included); ort: ONNX Runtime's "
+                        "fused MultiHeadAttention op, faster on its CPU and CUDA providers, not TensorRT (default onnx)")
     parser.add_argument("--check-images", type=int, default=CHECK_IMAGES,
                         help=f"images per check source (the model's dataset if found, synthetic scenes) (default {CHECK_IMAGES})")
     parser.add_argument("--data-root", default=None, help="dataset folder for the check images")
@@ -118,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.fp16:
                 raise ConfigError("--fp16 with --onnx: export fp32; TensorRT builds fp16 engines from it (providers tensorrt)")
             out = export_onnx_file(args.input, args.output, model=args.model, size=args.size, opset=args.opset,
-                                   check_images=args.check_images, data_root=args.data_root)
+                                   check_images=args.check_images, data_root=args.data_root, attention=args.attention)
         else:
+            if args.attention != "onnx":
+                raise ConfigError("--attention is an ONNX export setting: add --onnx (or an .onnx output name)")
             out = export(args.input, args.output, args.fp16, args.model)
         print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -107,16 +107,63 @@ class FixedAdaptiveAvgPool2d(nn.Module):
         return self.rows.to(x.dtype) @ x @ self.cols.t().to(x.dtype)
 
 
+ATTENTION_KINDS = ("onnx", "ort")  # export_onnx(attention=...)
+
+
+class _MultiHeadAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(d)) v over `num_heads` heads; exports as ONNX Runtime's fused contrib op
+    com.microsoft.MultiHeadAttention (q, k, v [B, N, D] -> [B, N, D]) instead of MatMul/Softmax/MatMul."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, num_heads: int) -> Tensor:
+        B, N, D = q.shape
+        heads = lambda t: t.reshape(B, t.shape[1], num_heads, D // num_heads).transpose(1, 2)  # noqa: E731
+        return F.scaled_dot_product_attention(heads(q), heads(k), heads(v)).transpose(1, 2).reshape(B, N, D)
+
+    @staticmethod
+    def symbolic(g, q, k, v, num_heads: int):
+        return g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=num_heads)
+
+
+class FusedAttention(nn.Module):
+    """timm's `Attention` (same qkv / proj weights, no q/k norm) whose core exports as one fused op."""
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        if not isinstance(getattr(attn, "q_norm", None), nn.Identity) or not isinstance(attn.k_norm, nn.Identity):
+            raise ConfigError("attention='ort' supports attention without q/k normalization only")
+        self.qkv, self.proj, self.num_heads = attn.qkv, attn.proj, attn.num_heads
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, **_) -> Tensor:
+        if attn_mask is not None:
+            raise ConfigError("attention='ort': the one-image export graph never masks attention")
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.proj(_MultiHeadAttention.apply(q, k, v, self.num_heads))
+
+
+def fuse_attention(model: nn.Module) -> int:
+    """Replace every timm `Attention` in `model` (backbone and head blocks) by `FusedAttention`, in place;
+    the number replaced."""
+    from timm.models.vision_transformer import Attention
+
+    targets = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
+               if isinstance(child, Attention)]
+    for parent, name in targets:
+        setattr(parent, name, FusedAttention(getattr(parent, name)))
+    return len(targets)
+
+
 class ExportGraph(nn.Module):
     """A ClustViT (or plain ViT) for one image of a fixed size, in ops that export to ONNX.
 
     forward(image [1, 3, H, W] normalized float, keep_bias [] float) ->
         logits [1, C, H, W], cluster_ids [1, h, w] long (all 0 for a plain ViT), tokens [1] long.
     With `oracle=True` a third input, oracle_ids [1, h, w] long, replaces the Cluster module's choice
-    (the benchmark's oracle clusters); keep_bias is then unused.
+    (the benchmark's oracle clusters); keep_bias is then unused. `attention`: "onnx" (standard ops, any
+    runtime) or "ort" (ONNX Runtime's fused MultiHeadAttention contrib op: CPU / CUDA providers, not TensorRT).
     """
 
-    def __init__(self, model: ClustViT, size: tuple[int, int], oracle: bool = False):
+    def __init__(self, model: ClustViT, size: tuple[int, int], oracle: bool = False, attention: str = "onnx"):
         super().__init__()
         if model.config.sharing:
             raise ConfigError(f"{model.config.name}: ONNX export of CTS (token sharing) models is not supported; "
@@ -128,6 +175,11 @@ class ExportGraph(nn.Module):
             raise ValueError(f"size {self.size}: sides must be multiples of the patch size {p}")
         self.grid = (self.size[0] // p, self.size[1] // p)
         self.model = model = copy.deepcopy(model).eval()  # the caller's model is left as it is
+        if attention not in ATTENTION_KINDS:
+            raise ConfigError(f"attention={attention!r}: choose from {', '.join(ATTENTION_KINDS)}")
+        self.attention = attention
+        if attention == "ort":
+            fuse_attention(model)
         bb = model.backbone
         if isinstance(model.head, UPerHead):
             for module in model.head.psp_modules:

@@ -24,6 +24,7 @@ from .config import ModelConfig
 from .errors import ConfigError, InputError, WeightsError
 
 METADATA_KEY = "clustvit_config"
+ATTENTION_KEY = "clustvit_attention"  # "onnx" (standard ops) | "ort" (com.microsoft.MultiHeadAttention)
 INPUTS = ("image", "keep_bias")
 OUTPUTS = ("logits", "cluster_ids", "tokens")
 ORACLE_INPUT = "oracle_ids"  # graphs exported with oracle=True: cluster ids [1, h, w] given, not chosen
@@ -60,10 +61,12 @@ def _ort():
 
 
 def export_onnx(model, dst: str | Path, size: tuple[int, int] | None = None, opset: int = DEFAULT_OPSET,
-                provenance: dict | None = None, oracle: bool = False) -> Path:
+                provenance: dict | None = None, oracle: bool = False, attention: str = "onnx") -> Path:
     """Write `model` (a ClustViT, eval, fp32) as an ONNX graph for images of `size` (default: the model's
     input size); its config and `provenance` go into the metadata. Returns the written path (atomic).
-    `oracle`: a third input `oracle_ids` [1, h, w] replaces the Cluster module's choice (benchmarks)."""
+    `oracle`: a third input `oracle_ids` [1, h, w] replaces the Cluster module's choice (benchmarks).
+    `attention`: "onnx" (MatMul / Softmax, runs anywhere, TensorRT included) or "ort" (ONNX Runtime's
+    fused com.microsoft.MultiHeadAttention: CPU and CUDA providers only)."""
     import torch
 
     from .onnx_graph import ExportGraph
@@ -71,7 +74,7 @@ def export_onnx(model, dst: str | Path, size: tuple[int, int] | None = None, ops
     onnx = _onnx()
     cfg: ModelConfig = model.config
     h, w = cfg.data.check_size(size or cfg.data.input_size, "--size")
-    graph = ExportGraph(model.float().cpu().eval(), (h, w), oracle=oracle)
+    graph = ExportGraph(model.float().cpu().eval(), (h, w), oracle=oracle, attention=attention)
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
@@ -86,10 +89,12 @@ def export_onnx(model, dst: str | Path, size: tuple[int, int] | None = None, ops
             # The TorchScript exporter records NonZero / CumSum with data-dependent shapes as they are; see
             # the README (Deployment) for why not the dynamo exporter.
             torch.onnx.export(graph, example, str(tmp), dynamo=False, input_names=inputs,
-                              output_names=list(OUTPUTS), opset_version=int(opset), do_constant_folding=True)
+                              output_names=list(OUTPUTS), opset_version=int(opset), do_constant_folding=True,
+                              custom_opsets={"com.microsoft": 1} if attention == "ort" else None)
         proto = onnx.load(str(tmp))
         meta = {METADATA_KEY: json.dumps({**cfg.to_dict(), "img_size": [h, w]}),
-                "clustvit_input_size": f"{h},{w}", **{k: str(v) for k, v in (provenance or {}).items()}}
+                "clustvit_input_size": f"{h},{w}", ATTENTION_KEY: attention,
+                **{k: str(v) for k, v in (provenance or {}).items()}}
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -147,6 +152,12 @@ def check_onnx(onnx_model: OnnxModel, model, images: Sequence[np.ndarray], keep_
 
 def read_onnx_config(path: str | Path) -> ModelConfig:
     """The ModelConfig stored in an exported .onnx file (one-line WeightsError if it is not one of ours)."""
+    return ModelConfig.from_dict(json.loads(read_onnx_metadata(path)[METADATA_KEY]))
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of an exported .onnx file (config, input size, attention kind, provenance); one-line
+    WeightsError if it is not one of ours."""
     onnx = _onnx()
     path = Path(path)
     if not path.is_file():
@@ -158,7 +169,7 @@ def read_onnx_config(path: str | Path) -> ModelConfig:
     meta = {p.key: p.value for p in proto.metadata_props}
     if METADATA_KEY not in meta:
         raise WeightsError(f"{path}: an ONNX file without ClustViT metadata; export it with python -m clustvit_core.export --onnx")
-    return ModelConfig.from_dict(json.loads(meta[METADATA_KEY]))
+    return meta
 
 
 def session_providers(providers: Sequence[str], *, fp16: bool = False, cache_dir: str | Path | None = None) -> list:
@@ -204,7 +215,12 @@ class OnnxModel:
                  cache_dir: str | Path | None = None, threads: int = 0):
         ort = _ort()
         self.path = Path(path)
-        self.config = read_onnx_config(self.path)
+        meta = read_onnx_metadata(self.path)
+        self.config = ModelConfig.from_dict(json.loads(meta[METADATA_KEY]))
+        self.attention = meta.get(ATTENTION_KEY, "onnx")
+        if self.attention == "ort" and "tensorrt" in providers:
+            raise ConfigError(f"{self.path} was exported with --attention ort (an ONNX Runtime op TensorRT cannot "
+                              "build); export it again with --attention onnx for the tensorrt provider")
         self.size = self.config.data.input_size
         self.num_classes = self.config.num_classes
         self.clustering = self.config.k is not None

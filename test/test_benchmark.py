@@ -33,15 +33,18 @@ def test_benchmark_on_cwfid_with_oracle_clusters(tmp_path, capsys):
 def test_both_backends_in_one_table(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     out_json = tmp_path / "b.json"
-    argv = ["--models", "cwfid_vit", "cwfid_k3_ip3", "--backends", "torch", "onnxruntime", "--images", "cwfid:test",
+    argv = ["--models", "cwfid_vit", "cwfid_k3_ip3", "--backends", "torch", "onnxruntime", "onnxruntime-mha",
+            "--images", "cwfid:test",
             "--num-images", "2", "--size", "128", "--oracle-clusters", "--rounds", "1", "--warmup", "0", "--quiet",
             "--json", str(out_json), *TINY_SET]
     assert benchmark.main(argv) == 0
     rows = {r["model"]: r for r in json.loads(out_json.read_text())["rows"]}
-    assert set(rows) == {"cwfid_vit", "cwfid_k3_ip3", "cwfid_vit [onnxruntime]", "cwfid_k3_ip3 [onnxruntime]"}
-    # the exported graph runs the same oracle clusters: the same tokens per image; ratios within each backend
-    assert rows["cwfid_k3_ip3 [onnxruntime]"]["tokens_mean"] == rows["cwfid_k3_ip3"]["tokens_mean"] < 64
-    assert rows["cwfid_vit [onnxruntime]"]["speedup_total"] == 1.0 and rows["cwfid_vit"]["speedup_total"] == 1.0
+    assert set(rows) == {f"{m}{b}" for m in ("cwfid_vit", "cwfid_k3_ip3")
+                         for b in ("", " [onnxruntime]", " [onnxruntime-mha]")}
+    # the exported graphs run the same oracle clusters: the same tokens per image; ratios within each backend
+    for backend in ("onnxruntime", "onnxruntime-mha"):
+        assert rows[f"cwfid_k3_ip3 [{backend}]"]["tokens_mean"] == rows["cwfid_k3_ip3"]["tokens_mean"] < 64
+        assert rows[f"cwfid_vit [{backend}]"]["speedup_total"] == 1.0 and rows["cwfid_vit"]["speedup_total"] == 1.0
     assert "| cwfid_k3_ip3 [onnxruntime] |" in capsys.readouterr().out
 
 
@@ -52,7 +55,7 @@ def test_both_backends_in_one_table(tmp_path, capsys):
         (["--models", "cwfid_vit", "--size", "100"], "--size 100"),
         (["--models", "cwfid_vit", "--images", "/does/not/exist"], "not a folder"),
         (["--models", "cwfid_vit", "=small"], "must look like key=value"),
-        (["--models", "cwfid_vit", "--backends", "tensorflow"], "--backends tensorflow: choose from torch, onnxruntime"),
+        (["--models", "cwfid_vit", "--backends", "tensorflow"], "--backends tensorflow: choose from torch, onnxruntime, onnxruntime-mha"),
     ],
 )
 def test_benchmark_user_errors_are_one_line(args, message):

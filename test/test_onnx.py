@@ -89,6 +89,30 @@ def test_nothing_clustered_equals_the_exported_plain_vit(tmp_path):
         assert float((a.logits - b.logits).abs().max()) < 1e-5
 
 
+@pytest.mark.parametrize("overrides", [{}, {"k": None, "ip": None}, {"head": "uper", "uper_channels": 16}])
+def test_fused_attention_export_equals_pytorch(tmp_path, overrides):
+    """attention="ort": every attention (backbone and Segmenter head blocks) becomes one
+    com.microsoft.MultiHeadAttention node; tokens and logits as with the standard graph."""
+    import onnx
+
+    model = tiny_model(**overrides).eval()
+    path = export_onnx(model, tmp_path / "fused.onnx", attention="ort")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    head_layers = model.config.head_layers if model.config.head == "segmenter" else 0
+    assert ops.count("MultiHeadAttention") == model.config.depth + head_layers and "Softmax" not in ops
+    fused = OnnxModel(path)
+    assert fused.attention == "ort"
+    for x in images(2, 64):
+        for bias in (0.0, -1.0, 50.0):
+            with torch.inference_mode():
+                ref = model(x, keep_bias=bias)
+            out = fused(x, keep_bias=bias)
+            assert int(out.tokens[0]) == int(ref.tokens[0])
+            assert float((out.logits - ref.logits).abs().max()) < 1e-4
+    with pytest.raises(ConfigError, match="exported with --attention ort.*--attention onnx"):
+        OnnxModel(path, providers=["tensorrt"])
+
+
 def test_fixed_adaptive_pool_equals_adaptive_avg_pool():
     x = torch.randn(2, 5, 42, 56)
     for out in (1, 2, 3, 6, (4, 5)):
@@ -182,3 +206,6 @@ def test_bad_files_providers_and_options_are_one_line(tmp_path, capsys):
         export.main([str(src), str(tmp_path / "x.onnx"), "--fp16"])
     err = capsys.readouterr().err
     assert "--fp16 with --onnx" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        export.main([str(src), str(tmp_path / "x.safetensors"), "--attention", "ort"])
+    assert "--attention is an ONNX export setting" in capsys.readouterr().err
