@@ -16,6 +16,7 @@ ratio against the ViT under the same policy.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clustvit_core.errors import cli_errors  # noqa: E402
-from clustvit_core.readme import replace_section  # noqa: E402
+from clustvit_core.readme import check_section, replace_section  # noqa: E402
 
 SECTION = "cwfid-input"
 MODELS = ("cwfid_vit", "cwfid_k3_ip3")
@@ -47,26 +48,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None, help="CWFID folder (default: the dataset's default location)")
     parser.add_argument("--num-images", type=int, default=None, help="first N test images only (default: all 21)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--json", metavar="PATH", help="also write every result (metrics.json contents per run)")
     parser.add_argument("--update-readme", metavar="README", help=f"write the table into its '{SECTION}' section")
     args = parser.parse_args(argv)
     with cli_errors("measure_cwfid_input"):
-        import torch
-        from tqdm import tqdm
+        if args.update_readme:  # fail before the measurement, not after it
+            check_section(args.update_readme, SECTION)
+        _measure(args, argv)
+    return 0
 
-        from clustvit_core import build_model
-        from clustvit_core.data import build_dataset
-        from clustvit_core.evaluate import evaluate
 
-        torch.set_num_threads(args.threads)
-        models = {name: build_model(name, weights="default").eval() for name in MODELS}
-        dataset = build_dataset("cwfid", "test", args.data_root)
-        results = {}
-        with tqdm(total=len(POLICIES) * len(MODELS), desc="policies x models", unit="run") as bar:
-            for label, kwargs in POLICIES:
-                for name, model in models.items():
-                    results[label, name] = evaluate(model, dataset, max_images=args.num_images, flops_images=None,
-                                                    progress=False, **kwargs)
-                    bar.update(1)
+def _measure(args, argv) -> None:
+    """Evaluate every policy and model, print the table, write --json and the README section."""
+    import torch
+    from tqdm import tqdm
+
+    from clustvit_core import build_model
+    from clustvit_core.data import build_dataset
+    from clustvit_core.evaluate import evaluate
+
+    torch.set_num_threads(args.threads)
+    models = {name: build_model(name, weights="default").eval() for name in MODELS}
+    dataset = build_dataset("cwfid", "test", args.data_root)
+    results = {}
+    with tqdm(total=len(POLICIES) * len(MODELS), desc="policies x models", unit="run") as bar:
+        for label, kwargs in POLICIES:
+            for name, model in models.items():
+                results[label, name] = evaluate(model, dataset, max_images=args.num_images, flops_images=None,
+                                                progress=False, **kwargs)
+                bar.update(1)
 
     vit_name, clust_name = MODELS
     lines = ["| input policy | tokens ViT | tokens ClustViT | GFLOPs ViT | GFLOPs ClustViT | FLOP ratio | mIoU ViT "
@@ -84,11 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"{first.num_images} CWFID test images, {vit_name} vs {clust_name} (weights `default`: what make "
             f"train-cwfid installs), {args.threads} CPU threads\n\n" + "\n".join(lines))
     print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps([{"policy": label, "model": name, **r.to_dict()}
+                                               for (label, name), r in results.items()], indent=2))
     if args.update_readme:
         command = " ".join(["python scripts/measure_cwfid_input.py",
                             *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
         replace_section(args.update_readme, SECTION, f"`{command}`\n\n{text}")
-    return 0
 
 
 if __name__ == "__main__":
