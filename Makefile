@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ROS_STAMP := $(VENV)/.ros-built
 
-.PHONY: setup demo test train-cwfid evaluate-cwfid evaluate-cwfid-input evaluate-cwfid-bag benchmark-onnx benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo evaluate-keep-bias clean
+.PHONY: setup demo test train-cwfid evaluate-cwfid evaluate-cwfid-keep-bias evaluate-cwfid-input evaluate-cwfid-bag benchmark-onnx benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo evaluate-keep-bias train-demo readme-demo clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -60,10 +60,15 @@ evaluate-cwfid-bag: $(ROS_STAMP)
 evaluate-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.evaluate cwfid_vit cwfid_k3_ip3 --weights default default --data-root ../shared/data/cwfid --threads 2 --flops-images all --quiet --out out/eval/cwfid --update-readme README.md --readme-section cwfid-accuracy
 
+# The keep_bias knob of the trained CWFID ClustViT: how much of the gap to its ViT more tokens buy back
+# (README section cwfid-keep-bias).
+evaluate-cwfid-keep-bias: $(STAMP)
+	$(PY) -m clustvit_core.evaluate cwfid_k3_ip3 --weights default --data-root ../shared/data/cwfid --threads 2 --flops-images all --keep-bias 0 1 2 4 --quiet --out out/eval/cwfid_keep_bias --update-readme README.md --readme-section cwfid-keep-bias
+
 # CWFID input policies (whole image at 3 resolutions, slide windows at the training scale), both trained models
 # (README section cwfid-input; ~10 min on 2 cores).
 evaluate-cwfid-input: $(STAMP)
-	$(PY) scripts/measure_cwfid_input.py --data-root ../shared/data/cwfid --update-readme README.md
+	$(PY) scripts/measure_cwfid_input.py --data-root ../shared/data/cwfid --json out/eval/cwfid_input.json --update-readme README.md
 
 test: $(ROS_STAMP)
 	$(PY) -m pytest -q
@@ -74,7 +79,7 @@ benchmark-cwfid: $(STAMP)
 
 # ViT vs ClustViT with PyTorch (eager) and ONNX Runtime (CPU) in one table (README section onnx).
 benchmark-onnx: $(STAMP)
-	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --backends torch onnxruntime --images cwfid:test --num-images 100 --size 448 --oracle-clusters --rounds 3 --threads 2 --json out/benchmark_onnx.json --update-readme README.md --readme-section onnx
+	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --backends torch onnxruntime onnxruntime-mha --images cwfid:test --num-images 100 --size 448 --oracle-clusters --rounds 3 --threads 2 --json out/benchmark_onnx.json --update-readme README.md --readme-section onnx
 
 benchmark-batching: $(STAMP)
 	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 16 --size 448 --oracle-clusters --batch 8 --batch-modes pad split --rounds 4 --threads 2 --json out/benchmark_batching.json --update-readme README.md --readme-section batching
@@ -85,6 +90,22 @@ evaluate-demo: $(STAMP)
 # The runtime keep_bias knob of the demo model: tokens, GFLOPs and mIoU per value (README section keep-bias).
 evaluate-keep-bias: $(STAMP)
 	$(PY) -m clustvit_core.evaluate synthetic_agri_k3_ip3 --weights default --split test --threads 2 --flops-images 8 --keep-bias -3 -2 -1 0 1 2 --quiet --out out/eval/keep_bias --update-readme README.md --readme-section keep-bias
+
+# The shipped demo model (weights/synthetic_agri_k3_ip3.safetensors, fp16): DINOv2-S start, generated scenes,
+# 1000 iterations (about 40 minutes on a quiet 2-core CPU); interrupt at will, running it again resumes.
+train-demo: $(STAMP)
+	$(PY) -m clustvit_core.pretrained fetch dinov2_small
+	$(PY) -m clustvit_core.train synthetic_agri_k3_ip3 --quiet --resume
+	$(PY) -m clustvit_core.export work_dirs/synthetic_agri_k3_ip3/final.safetensors weights/synthetic_agri_k3_ip3.safetensors --fp16
+
+# Every README section measured with the shipped demo model, after retraining it (about 15 minutes; run on a
+# quiet machine: the ROS demo and camera sections are timed).
+readme-demo: $(ROS_STAMP) evaluate-demo evaluate-keep-bias
+	$(PY) -m clustvit_core.evaluate synthetic_agri_k3_ip3 empty_clusters=drop --weights default --split test --threads 2 --flops-images 8 --quiet --out out/eval/empty_clusters_drop --update-readme README.md --readme-section empty-clusters-drop
+	$(PY) -m clustvit_core.evaluate synthetic_agri_k3_ip3 empty_clusters=zeros --weights default --split test --threads 2 --flops-images 8 --quiet --out out/eval/empty_clusters_zeros --update-readme README.md --readme-section empty-clusters-zeros
+	$(PY) scripts/measure_letterbox.py --update-readme README.md
+	$(PY) scripts/measure_cameras.py --update-readme README.md
+	$(PY) -m clustvit_ros.demo --quiet --update-readme README.md
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

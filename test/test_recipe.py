@@ -11,7 +11,7 @@ from clustvit_core.errors import ConfigError
 from clustvit_core.train import (
     TrainSettings, build_optimizer, layer_index, median_frequency_weights, param_groups, poly_lr, segmentation_loss,
 )
-from conftest import tiny_model
+from conftest import SCRATCH, tiny_model
 
 
 def test_layer_wise_lr_decay_and_no_decay_groups():
@@ -78,7 +78,7 @@ def test_bad_recipe_settings_are_one_line(settings, message):
 
 
 def test_tiny_adamw_weighted_ohem_run(tmp_path, capsys):
-    tiny = ["embed_dim=32", "depth=3", "num_heads=2", "cluster_hidden=16", "ip=1", "img_size=64", "val_images=2",
+    tiny = ["embed_dim=32", "depth=3", "num_heads=2", "cluster_hidden=16", "ip=1", "img_size=64", "val_images=2", *SCRATCH,
             "num_workers=0", "log_interval=1"]
     assert train.main(["synthetic_agri_k3_ip3", "--work-dir", str(tmp_path), "--iters", "3", "--batch-size", "2", "--quiet",
                        "optimizer=adamw", "lr=1e-3", "min_lr=0", "weight_decay=0.05", "layer_decay=0.75", "warmup_iters=1",
@@ -115,7 +115,7 @@ def test_crops_of_a_higher_resolution_image():
 def test_sqrt_class_weights_and_gradient_clipping_change_the_run(tmp_path, capsys):
     from safetensors.torch import load_file
 
-    tiny = ["embed_dim=32", "depth=2", "num_heads=2", "cluster_hidden=16", "ip=1", "img_size=64", "val_images=1",
+    tiny = ["embed_dim=32", "depth=2", "num_heads=2", "cluster_hidden=16", "ip=1", "img_size=64", "val_images=1", *SCRATCH,
             "num_workers=0", "optimizer=sgd", "lr=0.05", "min_lr=0", "val_interval=100"]
     finals = {}
     for name, extra in (("plain", []), ("clipped", ["grad_clip=1e-6"])):

@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from clustvit_core import train
+from conftest import SCRATCH
 
-TINY = ["embed_dim=32", "depth=3", "num_heads=2", "cluster_hidden=16", "ip=1", "img_size=64",
+TINY = ["embed_dim=32", "depth=3", "num_heads=2", "cluster_hidden=16", "ip=1", "img_size=64", *SCRATCH,
         "val_images=2", "num_workers=0", "log_interval=1"]
 ROOT = Path(__file__).resolve().parents[1]
 
