@@ -10,8 +10,8 @@ import clustvit_core as cc
 # A tiny ClustViT: D=64, depth 4, 64x64 images (4x4 patch grid), k=3, clusters merged before block 1.
 TINY = dict(embed_dim=64, depth=4, num_heads=2, patch_size=16, img_size=64, cluster_hidden=32)
 # Train-CLI overrides for tiny runs of registry models that start from DINOv2 (ViT-S/14): 16-px patches, no
-# pretrained checkpoint (none in a fresh clone), whatever the YAML says.
-SCRATCH = ["patch_size=16", "pretrained=null"]
+# pretrained checkpoint (none in a fresh clone), no warm-up (runs of a few iterations), whatever the YAML says.
+SCRATCH = ["patch_size=16", "pretrained=null", "warmup_iters=0"]
 
 
 @pytest.fixture(autouse=True)

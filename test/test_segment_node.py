@@ -31,6 +31,7 @@ from vision_msgs.msg import LabelInfo  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 
 from clustvit_core.data.synthetic import make_scene  # noqa: E402
+from clustvit_core.registry import load_config  # noqa: E402
 from clustvit_msgs.msg import SegmentationStats  # noqa: E402
 from ros_env import (random_domain_id, rclpy_context, ros_env, start_ros_process, stop_ros_process,  # noqa: E402
                      wait_for)
@@ -44,8 +45,8 @@ NODE = "/segment_node"
 NODE_CMD = [sys.executable, "-m", "clustvit_ros.segment_node", "--ros-args", "-p", "device:=cpu"]
 IMAGE_OUTPUTS = ("mask", "confidence", "mask_color", "overlay", "clusters")
 H, W = 120, 160  # test frames: small, not square, not the network size
-NETWORK = 256
-PATCH_TOKENS = (NETWORK // 16) ** 2
+NETWORK = load_config("synthetic_agri_k3_ip3").data.input_size[0]  # the demo model's (square) input
+PATCH_TOKENS = (NETWORK // load_config("synthetic_agri_k3_ip3").patch_size) ** 2
 CLASS_NAMES = ["soil", "crop", "weed"]
 PALETTE = np.array([[125, 90, 60], [40, 200, 40], [235, 45, 45]], np.uint8)  # config/models/synthetic_agri_k3_ip3
 START_TIMEOUT_S = 60.0  # node start: import torch + load the model (5-10 s alone; slower under load)

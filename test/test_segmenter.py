@@ -9,11 +9,12 @@ from clustvit_core.data.synthetic import make_scene
 from clustvit_core.errors import ClustViTError, ConfigError, InputError, WeightsError
 from clustvit_core.devices import resolve_device
 from clustvit_core.predictor import Segmentation, Segmenter, labels_at
-from clustvit_core.registry import default_weights
+from clustvit_core.registry import default_weights, load_config
 
 DEMO = "synthetic_agri_k3_ip3"
-NETWORK = 256  # the demo model's training size
-PATCH_TOKENS = (NETWORK // 16) ** 2
+NETWORK = load_config(DEMO).data.input_size[0]  # the demo model's training size (square)
+PATCH = load_config(DEMO).patch_size
+PATCH_TOKENS = (NETWORK // PATCH) ** 2
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +34,10 @@ def check_result(r: Segmentation, shape, num_classes=3, network=NETWORK):
     assert r.class_pixels.shape == (num_classes,) and int(r.class_pixels.sum()) == H * W
     np.testing.assert_array_equal(r.class_pixels, np.bincount(r.labels.ravel(), minlength=num_classes))
     assert r.network_size == (network, network)
-    assert r.patch_tokens == (network // 16) ** 2
+    assert r.patch_tokens == (network // PATCH) ** 2
     assert r.tokens == r.kept_tokens + r.clusters_used
     assert 0 < r.tokens <= r.patch_tokens
-    assert r.cluster_ids is not None and r.cluster_ids.shape == (network // 16, network // 16)
+    assert r.cluster_ids is not None and r.cluster_ids.shape == (network // PATCH, network // PATCH)
     assert r.kept_tokens == int((r.cluster_ids == 0).sum())
     assert r.clusters_used == len(set(np.unique(r.cluster_ids).tolist()) - {0, -1})  # -1: letterbox padding, left out
     assert -1 <= r.cluster_ids.min() and r.cluster_ids.max() <= 3  # k = 3; -1 only on letterbox padding
@@ -100,11 +101,11 @@ def test_negative_keep_bias_merges_more(seg):
 
 
 def test_input_size_override_changes_the_network_size():
-    small = Segmenter(DEMO, device="cpu", input_size=128)
-    assert small.size == (128, 128)
+    small = Segmenter(DEMO, device="cpu", input_size=8 * PATCH)
+    assert small.size == (8 * PATCH, 8 * PATCH)
     image, _ = make_scene("agri", 6, (90, 150))
     r = small(image, keep_bias=50.0)
-    check_result(r, (90, 150), network=128)
+    check_result(r, (90, 150), network=8 * PATCH)
     assert r.patch_tokens == 64 and r.tokens == 64
 
 
@@ -128,7 +129,7 @@ def one_line(exc: BaseException) -> str:
     (dict(weights="/nonexistent/x.safetensors"), WeightsError, ["/nonexistent/x.safetensors"]),
     (dict(precision="fp16"), ConfigError, ["fp16", "CUDA"]),
     (dict(precision="fp8"), ConfigError, ["fp8", "fp32"]),
-    (dict(input_size=100), ConfigError, ["input_size=100", "multiple of the model's patch size 16"]),
+    (dict(input_size=100), ConfigError, ["input_size=100", f"multiple of the model's patch size {PATCH}"]),
     (dict(input_size=8), ConfigError, ["input_size=8"]),
     (dict(device="tpu"), ConfigError, ["tpu"]),
     (dict(device="cuda:x"), ConfigError, ["cuda:x"]),
@@ -252,8 +253,9 @@ def test_letterbox_masks_align_with_the_input(seg):
     lb = Segmenter(DEMO, device="cpu", resize_mode="letterbox")
     image, labels = make_scene("agri", 11, (120, 320))
     stretched, boxed = seg(image), lb(image)
-    assert boxed.labels.shape == (120, 320) and boxed.content_size == (96, 256) and boxed.network_size == (256, 256)
-    assert stretched.content_size == (256, 256)
+    content = (round(120 * NETWORK / 320), NETWORK)  # the frame scaled to fit, aspect kept
+    assert boxed.labels.shape == (120, 320) and boxed.content_size == content and boxed.network_size == (NETWORK, NETWORK)
+    assert stretched.content_size == (NETWORK, NETWORK)
     for r in (stretched, boxed):
         assert (r.labels == labels).mean() > 0.8  # both put the plants where the ground truth has them
     with pytest.raises(ConfigError, match="resize_mode='crop'"):
@@ -294,11 +296,11 @@ def test_segment_batch_on_the_onnxruntime_backend(tmp_path):
     from clustvit_core.registry import build_model, load_config
 
     torch.manual_seed(0)
-    model = build_model(load_config(DEMO, depth=2, ip=1, img_size=64)).eval()
+    model = build_model(load_config(DEMO, depth=2, ip=1, img_size=4 * PATCH)).eval()
     onnx_seg = Segmenter(str(export_onnx(model, tmp_path / "tiny.onnx")), providers=["cpu"])
     images = [make_scene("agri", 30 + i, shape)[0] for i, shape in enumerate(BATCH_SHAPES)]
     for image, b in zip(images, onnx_seg.segment_batch(images)):
         a = onnx_seg(image)
-        assert b.labels.shape == image.shape[:2] and b.network_size == (64, 64)
+        assert b.labels.shape == image.shape[:2] and b.network_size == (4 * PATCH, 4 * PATCH)
         assert (b.tokens, b.kept_tokens) == (a.tokens, a.kept_tokens)
         np.testing.assert_array_equal(b.labels, a.labels)

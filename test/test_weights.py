@@ -85,6 +85,7 @@ def test_mismatching_checkpoint_names_the_problem(tmp_path):
 
 def test_default_weights_are_searched_and_missing_ones_explained(tmp_path, monkeypatch):
     monkeypatch.setenv("CLUSTVIT_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # not this machine's ~/.cache/clustvit (trained CWFID weights)
     with pytest.raises(cc.WeightsError, match=r"weights cwfid_k3_ip3.safetensors for model 'cwfid_k3_ip3' not found"):
         cc.default_weights("cwfid_k3_ip3")
     model = cc.build_model("cwfid_k3_ip3", **TINY)
