@@ -29,7 +29,7 @@ from .errors import ConfigError, InputError, cli_errors
 from .flops import flop_breakdown
 from .preprocessing import preprocess
 from .pseudo import block_purity, pseudo_clusters
-from .readme import command_line, replace_section
+from .readme import check_section, command_line, replace_section
 from .registry import build_model, parse_overrides, split_key_values
 from .data import Sample, build_dataset, dataset_names
 from .data.base import IMAGE_SUFFIXES, list_images
@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     args.backends, given_after_backends = split_key_values(args.backends)
     args.overrides = given + given_after_backends + args.overrides
     with cli_errors(parser.prog):
+        if args.update_readme:  # before the measurement, not after it
+            check_section(args.update_readme, args.readme_section)
         if not args.models:
             raise ConfigError("--models: name at least one registry model, e.g. --models cwfid_vit cwfid_k3_ip3")
         unknown = [b for b in args.backends if b not in BACKENDS]

@@ -44,7 +44,7 @@ from .palette import default_palette
 from .predictor import Prediction, SlideModel, labels_at, model_device, predict_batch
 from .preprocessing import preprocess
 from .pseudo import pseudo_clusters
-from .readme import command_line, replace_section
+from .readme import check_section, command_line, replace_section
 from .registry import build_model, parse_overrides, split_key_values
 from .visualize import save_example_figure
 
@@ -475,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     args.size, given_size = split_key_values(args.size) if args.size else (None, [])
     args.overrides = given + given_models + given_weights + given_size + args.overrides
     with cli_errors(PROG):
+        if args.update_readme:  # before the measurement, not after it
+            check_section(args.update_readme, args.readme_section)
         if args.batch < 1 or (args.num_images is not None and args.num_images < 1) or args.show < 0:
             raise ConfigError("--batch and --num-images must be >= 1, --show >= 0")
         if args.stride is not None and args.stride < 1:

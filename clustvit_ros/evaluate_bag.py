@@ -31,7 +31,7 @@ from clustvit_ros import interface as api
 from clustvit_ros.bags import COMPRESSED_TYPE, list_topics, read_label_images, select_topics, stamp_ns
 from clustvit_ros.interface import NODE_NAME
 from clustvit_ros.launch_args import config_file
-from clustvit_core.readme import command_line, replace_section
+from clustvit_core.readme import check_section, command_line, replace_section
 from clustvit_ros.params import add_options, ros_arguments, typed_values
 
 PROG = "python -m clustvit_ros.evaluate_bag"
@@ -463,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     with cli_errors(PROG):
+        if args.update_readme:  # before the measurement, not after it
+            check_section(args.update_readme, args.readme_section)
         if args.rate < 0:
             raise InputError(f"--rate {args.rate}: must be >= 0")
         if args.domain_id is not None and not 0 <= args.domain_id <= 232:

@@ -323,3 +323,18 @@ def test_cli_size_takes_height_and_width(tiny, tmp_path, monkeypatch, capsys):
         with pytest.raises(SystemExit):
             ev.main(["cwfid_k3_ip3", "--weights", "none", "--out", str(out), "--quiet", *bad, *TINY_SET])
         assert message in capsys.readouterr().err
+
+
+def test_missing_readme_markers_fail_before_the_measurement(tmp_path, monkeypatch, capsys):
+    def never(*a, **k):
+        raise AssertionError("the dataset was loaded: the markers should have been checked first")
+
+    monkeypatch.setattr(ev, "build_dataset", never)
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers here\n")
+    with pytest.raises(SystemExit) as exc:
+        ev.main(["cwfid_k3_ip3", "--weights", "none", "--quiet", "--update-readme", str(readme),
+                 "--readme-section", "cmp", *TINY_SET])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "<!-- BEGIN benchmark:cmp -->" in err[0]
