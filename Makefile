@@ -92,7 +92,7 @@ evaluate-keep-bias: $(STAMP)
 	$(PY) -m clustvit_core.evaluate synthetic_agri_k3_ip3 --weights default --split test --threads 2 --flops-images 8 --keep-bias -3 -2 -1 0 1 2 --quiet --out out/eval/keep_bias --update-readme README.md --readme-section keep-bias
 
 # The shipped demo model (weights/synthetic_agri_k3_ip3.safetensors, fp16): DINOv2-S start, generated scenes,
-# 1000 iterations (about 40 minutes on a quiet 2-core CPU); interrupt at will, running it again resumes.
+# 1000 iterations (about 35 minutes on a quiet 2-core CPU); interrupt at will, running it again resumes.
 train-demo: $(STAMP)
 	$(PY) -m clustvit_core.pretrained fetch dinov2_small
 	$(PY) -m clustvit_core.train synthetic_agri_k3_ip3 --quiet --resume
