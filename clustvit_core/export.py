@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from .errors import ConfigError, WeightsError, cli_errors
+from .onnx_graph import ATTENTION_KINDS
 from .registry import build_model, load_config
 from .weights import load_weights, model_tensors, read_checkpoint_config, read_state_dict, save_checkpoint
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="ONNX input size in pixels, multiples of the patch size (default: the model's input size)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
-    parser.add_argument("--attention", choices=("onnx", "ort"), default="onnx",
+    parser.add_argument("--attention", choices=ATTENTION_KINDS, default="onnx",
                         help="onnx: attention as MatMul/Softmax, runs anywhere (TensorRT included); ort: ONNX Runtime's "
                         "fused MultiHeadAttention op, faster on its CPU and CUDA providers, not TensorRT (default onnx)")
     parser.add_argument("--check-images", type=int, default=CHECK_IMAGES,

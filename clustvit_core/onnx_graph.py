@@ -177,7 +177,6 @@ class ExportGraph(nn.Module):
         self.model = model = copy.deepcopy(model).eval()  # the caller's model is left as it is
         if attention not in ATTENTION_KINDS:
             raise ConfigError(f"attention={attention!r}: choose from {', '.join(ATTENTION_KINDS)}")
-        self.attention = attention
         if attention == "ort":
             fuse_attention(model)
         bb = model.backbone

@@ -82,9 +82,9 @@ def _measure(args, argv) -> None:
     lines = ["| input policy | tokens ViT | tokens ClustViT | GFLOPs ViT | GFLOPs ClustViT | FLOP ratio | mIoU ViT "
              "| mIoU ClustViT | Δ mIoU | crop ViT / ClustViT | weed ViT / ClustViT |",
              "|---" * 11 + "|"]
+    iou = lambda r, c: _pct(r.per_class[c].iou)  # noqa: E731
     for label, _ in POLICIES:
         vit, clust = results[label, vit_name], results[label, clust_name]
-        iou = lambda r, c: _pct(r.per_class[c].iou)  # noqa: E731
         lines.append(
             f"| {label} | {vit.tokens.mean:.0f} | {clust.tokens.mean:.0f} | {vit.gflops.mean:.0f} | "
             f"{clust.gflops.mean:.0f} | {vit.gflops.mean / clust.gflops.mean:.2f}× | {_pct(vit.miou)} | "
