@@ -21,14 +21,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from .errors import ConfigError, InputError, cli_errors
 from .flops import flop_breakdown
 from .preprocessing import preprocess
-from .pseudo import block_purity, pseudo_clusters
+from .pseudo import oracle_ids, oracle_purity
 from .readme import check_section, command_line, replace_section
 from .registry import build_model, parse_overrides, split_key_values
 from .data import Sample, build_dataset, dataset_names
@@ -94,23 +93,6 @@ def load_samples(source: str, num_images: int, size: int, mask_dir: str | None, 
             labels = read_labels(mask, palette)
         samples.append(Sample(image=read_rgb(path), labels=labels, name=path.stem))
     return samples
-
-
-def oracle_purity(labels: np.ndarray, size: int, patch: int) -> torch.Tensor:
-    """CTS oracle: block purity of a label map resized (nearest) to the network input: [1, h/2, w/2] (h = size/patch)."""
-    import cv2
-
-    resized = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
-    grid = (size // patch) // 2
-    return block_purity(torch.from_numpy(resized)[None].long(), 2 * patch, (grid, grid))
-
-
-def oracle_ids(labels: np.ndarray, size: int, k: int, patch: int) -> torch.Tensor:
-    """Pseudo-clusters of a label map resized (nearest) to the network input: [1, size/patch, size/patch]."""
-    import cv2
-
-    resized = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
-    return pseudo_clusters(torch.from_numpy(resized)[None], k, patch=patch)
 
 
 def _timed(fn) -> float:

@@ -29,6 +29,7 @@ BACKBONES = {
 }
 HEADS = ("segmenter", "uper")
 EMPTY_CLUSTERS = ("drop", "zeros")  # see ModelConfig
+DECODER_RESTORE = ("scores", "regenerate")  # see ModelConfig
 RESIZE_MODES = ("stretch", "letterbox")  # how an image of another shape meets the input (preprocessing.letterbox)
 
 
@@ -78,7 +79,9 @@ class ModelConfig:
     cts_reduction (CTS, Content-aware Token Sharing, instead of clustering: a policy network picks 2x2
     patch groups that become one token each, so that this fraction of the patch tokens is removed; None
     = no sharing), decoder_merge (ClustViT + Segmenter head: the head's mask transformer also runs on the
-    merged sequence, each clustered patch takes its cluster token's mask scores; no regeneration),
+    merged sequence), decoder_restore (how decoder_merge restores per-patch masks: "scores", each clustered
+    patch takes its cluster token's mask scores; "regenerate", a second Regenerator restores every patch
+    token from its own token at the injection point and its cluster's decoded token before the masks),
     head (segmenter | uper), head_layers, uper_indices, uper_channels, drop_path_rate.
     Classes: num_classes, class_names, palette (RGB per class).
     Input: mean, std (RGB, 0-255 scale).
@@ -105,6 +108,7 @@ class ModelConfig:
     empty_clusters: str = "drop"
     cts_reduction: float | None = None
     decoder_merge: bool = False
+    decoder_restore: str = "scores"
     head: str = "segmenter"
     head_layers: int = 2
     uper_indices: tuple[int, ...] | None = None
@@ -177,6 +181,9 @@ class ModelConfig:
         if self.decoder_merge and (self.k is None or self.head != "segmenter"):
             raise ConfigError(f"{where}: decoder_merge needs a ClustViT (k, ip) with the Segmenter head "
                               f"(got k={self.k}, head={self.head})")
+        if self.decoder_restore not in DECODER_RESTORE:
+            raise ConfigError(f"{where}: decoder_restore={self.decoder_restore!r}; choose one of {', '.join(DECODER_RESTORE)} "
+                              "(used with decoder_merge: true)")
         if self.uper_indices is not None:
             set_("uper_indices", tuple(int(i) for i in self.uper_indices))
         set_("train", dict(self.train or {}))

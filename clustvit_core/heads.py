@@ -115,6 +115,11 @@ class SegmenterHead(nn.Module):
 
         `valid` [B, L] bool (False on padding) keeps padded tokens out of the attention; a ClustViT with
         decoder_merge passes its merged sequence here (kept tokens and cluster tokens)."""
+        return self.masks(self.decode(tokens, valid))
+
+    def decode(self, tokens: Tensor, valid: Tensor | None = None) -> Tensor:
+        """The mask transformer: tokens [B, L, D] -> [B, L + num_classes, E] (patch tokens, then the class
+        tokens), before `decoder_norm`. `valid` as in `forward_tokens`."""
         B = tokens.shape[0]
         x = self.dec_proj(tokens)
         x = torch.cat([x, self.cls_emb.expand(B, -1, -1)], dim=1)
@@ -123,6 +128,10 @@ class SegmenterHead(nn.Module):
             mask = torch.cat([valid, valid.new_ones(B, self.num_classes)], dim=1)[:, None, None, :]
         for layer in self.layers:
             x = layer(x) if mask is None else layer(x, attn_mask=mask)
+        return x
+
+    def masks(self, x: Tensor) -> Tensor:
+        """Decoded tokens [B, L + num_classes, E] (as `decode` returns them) -> mask scores [B, L, num_classes]."""
         x = self.decoder_norm(x)
         patches = F.normalize(self.patch_proj(x[:, : -self.num_classes]), dim=-1)
         classes = F.normalize(self.classes_proj(x[:, -self.num_classes :]), dim=-1)

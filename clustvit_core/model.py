@@ -75,6 +75,7 @@ class BackboneOutput:
     policy_logits: Tensor | None = None  # [B, gh, gw] (CTS)
     reduced: Tensor | None = None  # [B, L, D] final-normed merged sequence after the last block (decoder_merge)
     plan: MergePlan | None = None  # its merge plan (decoder_merge)
+    x_ip: Tensor | None = None  # [B, N, D] patch tokens as they were merged (decoder_merge)
 
 
 class ClusterMLP(nn.Module):
@@ -265,8 +266,9 @@ class ClustViTBackbone(nn.Module):
             x = torch.cat([x[:, :1], merge_tokens(x_ip, plan)], dim=1)
             features.update(self._run_blocks(x, self.ip, plan, x_ip, later))
         reduced = features.pop("reduced", None)
+        merged = reduced is not None
         return BackboneOutput(self._maps(features, h, w), plan.cluster_ids.view(B, h, w), logits, plan.tokens,
-                              reduced=reduced, plan=plan if reduced is not None else None)
+                              reduced=reduced, plan=plan if merged else None, x_ip=x_ip if merged else None)
 
     def _forward_shared(self, images: Tensor, patches: Tensor, grid: tuple[int, int], out_indices, share_scores) -> BackboneOutput:
         """CTS: the policy's best 2x2 groups become one token each (see `share`); every image the same length."""
@@ -365,6 +367,11 @@ class ClustViT(nn.Module):
                 raise ConfigError(f"uper_indices={list(indices)}: need increasing block indices in 0..{depth - 1}")
             self.out_indices = tuple(indices)
             self.head = UPerHead([dim] * len(indices), config.num_classes, channels=config.uper_channels)
+        # decoder_merge with decoder_restore "regenerate": restores every patch token after the mask transformer
+        self.decoder_regenerator = None
+        if config.decoder_merge and config.decoder_restore == "regenerate":
+            self.decoder_regenerator = Regenerator(dim)
+            init_linear_layers(self.decoder_regenerator)
 
     @property
     def clustering(self) -> bool:
@@ -401,16 +408,26 @@ class ClustViT(nn.Module):
             raise InputError("drop_mask given to a model without a Cluster module (k is not set)")
         out = self.backbone(images, self.out_indices, cluster_ids=cluster_ids, keep_bias=keep_bias, share_scores=share_scores,
                             drop_mask=drop_mask)
-        if out.reduced is not None:  # decoder_merge: mask scores of the merged sequence, copied to every member patch
-            plan = out.plan
-            masks = self.head.forward_tokens(out.reduced, plan.valid if plan.padded else None)  # [B, L, C]
-            per_patch = masks.gather(1, reduced_position(plan)[..., None].expand(-1, -1, masks.shape[-1]))
-            h, w = images.shape[-2] // p, images.shape[-1] // p
-            logits = per_patch.transpose(1, 2).reshape(images.shape[0], -1, h, w)
+        if out.reduced is not None:  # decoder_merge: the mask transformer on the merged sequence
+            logits = self._merged_masks(out).transpose(1, 2).reshape(images.shape[0], -1, images.shape[-2] // p, images.shape[-1] // p)
         else:
             logits = self.head(out.features)
         logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]
         return ClustViTOutput(logits, out.cluster_ids, out.cluster_logits, out.tokens, out.policy_logits)
+
+    def _merged_masks(self, out: BackboneOutput) -> Tensor:
+        """decoder_merge: per-patch mask scores [B, N, C] from the merged sequence [B, L, D].
+        "scores": each patch takes the scores of its own token (kept) or its cluster's token;
+        "regenerate": the decoded tokens are regenerated to every patch, then scored."""
+        plan = out.plan
+        valid = plan.valid if plan.padded else None
+        if self.decoder_regenerator is None:
+            masks = self.head.forward_tokens(out.reduced, valid)  # [B, L, C]
+            return masks.gather(1, reduced_position(plan)[..., None].expand(-1, -1, masks.shape[-1]))
+        decoded = self.head.decode(out.reduced, valid)  # [B, L + C, E]
+        c = self.num_classes
+        patches = regenerate(decoded[:, :-c], out.x_ip, plan, self.decoder_regenerator)  # [B, N, E]
+        return self.head.masks(torch.cat([patches, decoded[:, -c:]], dim=1))
 
     def check_images(self, images: Tensor) -> Tensor:
         if not isinstance(images, Tensor):

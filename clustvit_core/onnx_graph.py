@@ -82,6 +82,15 @@ def single_regenerate(y: Tensor, x_ip: Tensor, ids: Tensor, present_mask: Tensor
     return table[index]
 
 
+def single_reduced_rows(ids: Tensor, present_mask: Tensor) -> Tensor:
+    """Row of each patch in the reduced sequence of one image (= `merge.reduced_position`): its own row if
+    kept, its cluster token's row if clustered. ids [N], present_mask [k] -> [N] long."""
+    is_kept = ids == 0
+    cluster_rows = is_kept.sum() + torch.cumsum(present_mask.long(), 0) - 1  # [k]
+    kept_rank = torch.cumsum(is_kept.long(), 0) - 1
+    return torch.where(is_kept, kept_rank, cluster_rows[(ids - 1).clamp(min=0)])
+
+
 def adaptive_pool_matrix(size_in: int, size_out: int) -> Tensor:
     """[size_out, size_in] averaging matrix of `adaptive_avg_pool` along one axis: row i averages the inputs
     floor(i * n / o) .. ceil((i + 1) * n / o) - 1, as PyTorch's bins."""
@@ -193,6 +202,7 @@ class ExportGraph(nn.Module):
         x = torch.cat([bb.cls_token, x], dim=1) + self.pos_embed  # [1, 1 + N, D]
         out_indices = model.out_indices
         features: dict[int, Tensor] = {}
+        masks: Tensor | None = None  # per-patch mask scores [N, C] of a decoder_merge model
         if not bb.clustering:
             for i, block in enumerate(bb.blocks):
                 x = block(x)
@@ -219,14 +229,31 @@ class ExportGraph(nn.Module):
                 keep_empty = ~single_id
             reduced, kept, present_mask = single_merge(x_ip, ids, bb.k, keep_empty)
             x = torch.cat([x[:, :1], reduced[None]], dim=1)
+            decoder_merge = model.config.decoder_merge
             for i in range(bb.ip, bb.depth):
                 x = bb.blocks[i](x)
-                if i in out_indices:
+                if decoder_merge and i == bb.depth - 1:  # the head runs on the merged sequence (see ClustViT)
+                    masks = self._merged_masks(bb.norm(x[0, 1:]), x_ip, ids, present_mask)  # [N, C]
+                elif i in out_indices:
                     patches = single_regenerate(x[0, 1:], x_ip, ids, present_mask, bb.regenerator)[None]
                     features[i] = bb.norm(patches) if i == bb.depth - 1 else patches
             tokens = ((ids == 0).sum() + present_mask.sum())[None]  # [1]
             ids = ids[None]
-        maps = [features[i].transpose(1, 2).reshape(1, bb.embed_dim, h, w) for i in sorted(features)]
-        logits = model.head(maps)
+        if masks is None:
+            maps = [features[i].transpose(1, 2).reshape(1, bb.embed_dim, h, w) for i in sorted(features)]
+            logits = model.head(maps)
+        else:
+            logits = masks.t().reshape(1, -1, h, w)
         logits = F.interpolate(logits, size=self.size, mode="bilinear", align_corners=False)
         return logits, ids.reshape(1, h, w), tokens.long()
+
+    def _merged_masks(self, y: Tensor, x_ip: Tensor, ids: Tensor, present_mask: Tensor) -> Tensor:
+        """decoder_merge (= `ClustViT._merged_masks` for one image): final-normed reduced tokens y [M + P, D]
+        -> per-patch mask scores [N, C]."""
+        model = self.model
+        if model.decoder_regenerator is None:
+            return model.head.forward_tokens(y[None])[0][single_reduced_rows(ids, present_mask)]
+        decoded = model.head.decode(y[None])[0]  # [M + P + C, E]
+        c = model.num_classes
+        patches = single_regenerate(decoded[:-c], x_ip, ids, present_mask, model.decoder_regenerator)
+        return model.head.masks(torch.cat([patches, decoded[-c:]], dim=0)[None])[0]

@@ -71,3 +71,25 @@ def block_purity(labels: Tensor, block: int, grid: tuple[int, int], ignore_index
     lo = torch.where(valid, cells, torch.full_like(cells, big)).amin(-1)
     hi = torch.where(valid, cells, torch.full_like(cells, -1)).amax(-1)
     return ((lo == hi) & valid.any(-1)).float()
+
+
+def _resize_labels(labels, size) -> Tensor:
+    """uint8/int label map [H, W] (numpy) resized (nearest) to `size` (a side or (h, w)) -> [1, h, w] long."""
+    import cv2
+
+    h, w = (size, size) if isinstance(size, int) else size
+    return torch.from_numpy(cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST))[None].long()
+
+
+def oracle_ids(labels, size, k: int, patch: int) -> Tensor:
+    """Oracle clusters: the pseudo-clusters of a label map (numpy [H, W]) resized (nearest) to the network
+    input `size` (a side or (h, w)) -> [1, h / patch, w / patch] long."""
+    return pseudo_clusters(_resize_labels(labels, size), k, patch=patch)
+
+
+def oracle_purity(labels, size, patch: int) -> Tensor:
+    """CTS oracle: block purity of a label map (numpy [H, W]) resized (nearest) to the network input `size`
+    (a side or (h, w)) -> [1, h / patch // 2, w / patch // 2]."""
+    resized = _resize_labels(labels, size)
+    h, w = resized.shape[-2:]
+    return block_purity(resized, 2 * patch, ((h // patch) // 2, (w // patch) // 2))

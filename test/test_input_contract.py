@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import clustvit_core as cc
-from clustvit_core.benchmark import oracle_ids
+from clustvit_core.pseudo import oracle_ids
 from clustvit_core.config import DataConfig, ModelConfig
 from clustvit_core.errors import ConfigError
 from clustvit_core.evaluate import evaluate

@@ -107,8 +107,40 @@ def test_decoder_merge_equals_the_model_when_nothing_merges_and_batches_equal_si
     torch.testing.assert_close(single, out.logits, atol=1e-4, rtol=0)
     with pytest.raises(cc.ConfigError, match="decoder_merge needs a ClustViT"):
         cc.build_model("cwfid_vit", decoder_merge=True)
+    with pytest.raises(cc.ConfigError, match="decoder_restore='copy'; choose one of scores, regenerate"):
+        cc.build_model("cwfid_k3_ip3_decmerge", decoder_restore="copy")
     with pytest.raises(cc.ConfigError, match="decoder_merge needs a ClustViT"):
         cc.build_model("cwfid_k3_ip3", decoder_merge=True, head="uper")
+
+
+def test_decoder_regenerate_restores_each_patch_and_equals_the_model_when_nothing_merges():
+    """decoder_restore="regenerate": the mask transformer runs on the merged sequence, then a second
+    Regenerator restores every patch token; nothing merged = the plain model; members of one cluster get
+    different masks (unlike "scores", where they share their cluster token's); batches = single images."""
+    from conftest import tiny_model
+
+    torch.manual_seed(0)
+    regen = tiny_model(decoder_merge=True, decoder_restore="regenerate").eval()
+    scores = tiny_model(decoder_merge=True).eval()
+    plain = tiny_model().eval()
+    sd = {k: v for k, v in regen.state_dict().items() if not k.startswith("decoder_regenerator.")}
+    scores.load_state_dict(sd)
+    plain.load_state_dict(sd)
+    assert sum(p.numel() for p in regen.decoder_regenerator.parameters()) > 0
+    x = torch.randn(3, 3, 64, 64)
+    x[0] *= 0.01
+    with torch.no_grad():
+        torch.testing.assert_close(regen(x, keep_bias=50.0).logits, plain(x, keep_bias=50.0).logits)
+        ids = torch.ones(1, 4, 4, dtype=torch.long)  # every patch in cluster 1: one token
+        a, b = regen(x[1:2], cluster_ids=ids), scores(x[1:2], cluster_ids=ids)
+        out = regen(x)
+        single = torch.cat([regen(x[i : i + 1]).logits for i in range(3)])
+    assert int(a.tokens[0]) == int(b.tokens[0]) == 1
+    patch_scores = lambda logits: logits[0, :, 8::16, 8::16].flatten(1)  # noqa: E731 (patch centres)
+    assert torch.allclose(patch_scores(b.logits), patch_scores(b.logits)[:, :1].expand(-1, 16))  # one score for all
+    assert not torch.allclose(patch_scores(a.logits), patch_scores(a.logits)[:, :1].expand(-1, 16))
+    assert len(set(out.tokens.tolist())) > 1
+    torch.testing.assert_close(single, out.logits, atol=1e-4, rtol=0)
 
 
 def test_left_out_tokens_are_in_no_sequence_and_regenerate_as_zero():

@@ -25,6 +25,8 @@ VARIANTS = {
     "plain_vit": {"k": None, "ip": None},
     "uper": {"head": "uper", "uper_channels": 16},
     "patch14": {"patch_size": 14, "img_size": 56},
+    "decoder_merge": {"decoder_merge": True},
+    "decoder_regenerate": {"decoder_merge": True, "decoder_restore": "regenerate"},
 }
 BIASES = (0.0, 1.0, -1.0, 50.0, -50.0)  # 50: nothing merged; -50: everything merged
 

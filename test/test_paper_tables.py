@@ -22,6 +22,38 @@ def test_quick_run_writes_tables_and_reuses_checkpoints(tmp_path, capsys):
     readme = (tmp_path / "README.md").read_text()
     assert "## Table I" in readme and "| clustvit_k3_ip3 | clustvit | segmenter |" in readme and "QUICK RUN" in readme
     assert (tmp_path / "miou_vs_gflops.png").stat().st_size > 1000 and (tmp_path / "machine.json").is_file()
+    assert "## Targets" in readme and "than the ViT at ≤ 1.0 mIoU loss: **" in readme and "oracle's tokens" in readme
+    assert all(r["oracle_tokens"] > 0 for r in results.values() if r["kind"] == "clustvit")
+    assert (tmp_path / "tokens.png").is_file()
     capsys.readouterr()
     assert paper_tables.main(["--out", str(tmp_path), "--quick", "--data-root", str(CWFID)]) == 0
     assert capsys.readouterr().out.count("reusing") == len(results)  # a second run trains nothing
+
+
+@pytest.mark.skipif(not CWFID.is_dir(), reason="CWFID not in ../shared/data/cwfid")
+def test_rows_budget_and_readme_section(tmp_path, capsys):
+    """--rows picks models; --budget 0 trains nothing new and names the rows it leaves out; ablation rows
+    equal to a Table I row share its run; the README section gets Table I and the targets."""
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- BEGIN benchmark:paper-tables -->\nold\n<!-- END benchmark:paper-tables -->\n")
+    out = tmp_path / "results"
+    args = ["--out", str(out), "--quick", "--data-root", str(CWFID)]
+    assert paper_tables.main(args + ["--rows", "vit", "k3_ip3", "--update-readme", str(readme)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"vit", "k3_ip3"} and (out / "runs" / "clustvit_k3_ip3" / "final.safetensors").is_file()
+    text = readme.read_text()
+    assert "old" not in text and "| vit | vit | segmenter |" in text and "paper_tables --out" in text
+    capsys.readouterr()
+    assert paper_tables.main(args + ["--rows", "vit", "clustvit_k3_ip3", "cts", "--budget", "0"]) == 0
+    captured = capsys.readouterr().out
+    assert captured.count("reusing") == 2 and "not trained yet (run again to go on): cts" in captured
+    assert set(json.loads((out / "results.json").read_text())) == {"vit", "clustvit_k3_ip3"}
+    assert "Not trained yet (left out): cts" in (out / "README.md").read_text()
+    with pytest.raises(SystemExit):
+        paper_tables.main(args + ["--rows", "vit", "swin"])
+    assert "--rows swin: unknown row; choose from vit, cts" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        paper_tables.main(["--out", str(tmp_path / "empty"), "--quick", "--data-root", str(CWFID), "--budget", "0"])
+    assert "no model in" in capsys.readouterr().err
+    assert [r.folder for r in paper_tables.table_rows(True) if r.label in ("k3_ip3", "k3_ip4")] == \
+        ["clustvit_k3_ip4", "clustvit_k3_ip3"]
