@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ROS_STAMP := $(VENV)/.ros-built
 
-.PHONY: setup demo test train-cwfid evaluate-cwfid evaluate-cwfid-keep-bias evaluate-cwfid-input evaluate-cwfid-bag benchmark-onnx benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo evaluate-keep-bias train-demo readme-demo clean
+.PHONY: setup demo test train-cwfid evaluate-cwfid evaluate-cwfid-keep-bias evaluate-cwfid-input evaluate-cwfid-bag paper-tables benchmark-onnx benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo evaluate-keep-bias train-demo readme-demo clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,19 @@ train-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.train cwfid_k3_ip3 $(CWFID_RECIPE)
 	$(PY) -m clustvit_core.export work_dirs/cwfid_vit/final.safetensors $(CWFID_WEIGHTS)/cwfid_vit.safetensors
 	$(PY) -m clustvit_core.export work_dirs/cwfid_k3_ip3/final.safetensors $(CWFID_WEIGHTS)/cwfid_k3_ip3.safetensors
+
+# The paper's Table I on CWFID: ViT, CTS and ClustViT variants (Segmenter and UPerNet heads) from the same start and
+# recipe, trained here (about an hour each on a quiet 2-core CPU; interrupt at will, it resumes) or reused, then
+# evaluated and timed in one process (results/README.md, README section paper-tables). make train-cwfid's two runs
+# are the vit and clustvit_k3_ip3 rows (same config, recipe, iterations and seed): linked, not trained again.
+# Options through PAPER_ARGS, e.g. PAPER_ARGS="--rows vit cts clustvit_k3_ip3 --budget 120" or "--ablation".
+PAPER_ARGS ?=
+paper-tables: $(STAMP)
+	mkdir -p results/runs
+	[ -e results/runs/vit ] || [ ! -f work_dirs/cwfid_vit/final.safetensors ] || ln -s ../../work_dirs/cwfid_vit results/runs/vit
+	[ -e results/runs/clustvit_k3_ip3 ] || [ ! -f work_dirs/cwfid_k3_ip3/final.safetensors ] || ln -s ../../work_dirs/cwfid_k3_ip3 results/runs/clustvit_k3_ip3
+	$(PY) -m clustvit_core.pretrained fetch dinov2_small
+	$(PY) -m clustvit_core.paper_tables --out results --data-root ../shared/data/cwfid --update-readme README.md $(PAPER_ARGS)
 
 # The real-data version of the main job: a rosbag of the 21 CWFID test images (full 1296x966 frames, 1 Hz) through
 # the node with the trained ClustViT (make train-cwfid first): mIoU, latency, tokens (README section ros-cwfid).
