@@ -196,8 +196,9 @@ def resample_patch(state_dict: dict[str, Tensor], patch_size: int) -> dict[str, 
 
 
 def check_architecture(state_dict: dict[str, Tensor], backbone: nn.Module, num_heads: int | None = None) -> None:
-    """One-line errors where a timm-layout state dict cannot become `backbone`: width, depth, input
-    channels, and (when known: `num_heads`, e.g. DINOv2's 64 channels per head) the number of heads."""
+    """One-line errors where a timm-layout state dict cannot become `backbone`: width, depth (the backbone
+    may be shallower: it takes the first blocks), input channels, and (when known: `num_heads`, e.g.
+    DINOv2's 64 channels per head) the number of heads."""
     dim, in_chans = state_dict["patch_embed.proj.weight"].shape[:2]
     if dim != backbone.embed_dim:
         raise WeightsError(
@@ -205,8 +206,9 @@ def check_architecture(state_dict: dict[str, Tensor], backbone: nn.Module, num_h
             f"backbone size ({_preset_hint(dim)})"
         )
     depth = depth_of(state_dict)
-    if depth != len(backbone.blocks):
-        raise WeightsError(f"pretrained checkpoint has {depth} blocks, the model depth={len(backbone.blocks)}: set depth={depth} ({_preset_hint(dim)})")
+    if depth < len(backbone.blocks):
+        raise WeightsError(f"pretrained checkpoint has {depth} blocks, the model depth={len(backbone.blocks)}: set depth={depth} "
+                           f"or less (fewer blocks start from the checkpoint's first ones; {_preset_hint(dim)})")
     if in_chans != backbone.in_chans:
         raise WeightsError(f"pretrained checkpoint takes {in_chans} input channels, the model {backbone.in_chans}")
     heads = backbone.blocks[0].attn.num_heads
@@ -235,7 +237,13 @@ def to_backbone(state_dict: dict[str, Tensor], backbone: nn.Module, num_heads: i
     `num_heads`: the checkpoint's head count where known, checked against the backbone's.
     """
     check_architecture(state_dict, backbone, num_heads)
+    state_dict = first_blocks(state_dict, len(backbone.blocks))
     return timm_to_backbone(resample_patch(fold_layer_scale(state_dict), backbone.patch_size), backbone)
+
+
+def first_blocks(state_dict: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
+    """A truncated ViT: the timm-layout tensors without blocks.N for N >= depth (the final norm is kept)."""
+    return {k: v for k, v in state_dict.items() if not (k.startswith("blocks.") and int(k.split(".")[1]) >= depth)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -348,6 +356,9 @@ def describe(state_dict: dict[str, Tensor], layout: str, backbone: nn.Module, wh
     """One line: the layout of timm-layout `state_dict` and what loading it into `backbone` converts."""
     names = {"hf_dinov2": "DINOv2 (Hugging Face layout)", "dinov2": "DINOv2 / LayerScale ViT", "timm_vit": "timm ViT"}
     steps = ["LayerScale folded into attn.proj/mlp.fc2"] if any(k.endswith(".ls1.gamma") for k in state_dict) else []
+    depth = depth_of(state_dict)
+    if depth > len(backbone.blocks):
+        steps.append(f"its first {len(backbone.blocks)} of {depth} blocks")
     p0 = patch_size_of(state_dict)
     if p0 != backbone.patch_size:
         steps.append(f"patch {p0} -> {backbone.patch_size} (FlexiViT resampling)")

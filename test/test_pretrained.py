@@ -146,6 +146,20 @@ def test_plain_timm_vit_still_loads_as_before(tmp_path):
         assert torch.allclose(patch_tokens(model, x), vit.forward_features(x)[:, 1:], atol=1e-5)
 
 
+def test_a_shallower_model_starts_from_the_first_blocks(tmp_path):
+    """depth below the checkpoint's: the first blocks load (a truncated DINOv2 for a faster model), and the
+    loader's line says so."""
+    path = _saved(tmp_path, tiny_dinov2().state_dict())
+    full = cc.build_model("cwfid_vit", **MODEL)
+    short = cc.build_model("cwfid_vit", **{**MODEL, "depth": 1})
+    P.load_pretrained_backbone(full, path)
+    line = P.load_pretrained_backbone(short, path)
+    assert "its first 1 of 2 blocks" in line
+    deep = full.backbone.state_dict()
+    for key, value in short.backbone.state_dict().items():
+        torch.testing.assert_close(value, deep[key], rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------------------------------
 # One-line errors
 
@@ -158,7 +172,7 @@ def _bad(tmp_path, sd_change):
 
 @pytest.mark.parametrize("overrides, change, match", [
     (dict(embed_dim=64, num_heads=1), None, r"width 128, the model embed_dim=64: pick the matching backbone size \(embed_dim=128\)"),
-    (dict(depth=3), None, r"has 2 blocks, the model depth=3: set depth=2"),
+    (dict(depth=3), None, r"has 2 blocks, the model depth=3: set depth=2 or less"),
     (dict(num_heads=4), None, r"trained with 2 heads, the model num_heads=4: set num_heads=2"),
     ({}, lambda sd: sd.update(register_tokens=torch.zeros(1, 4, DIM)), r"4 register tokens .*use the model without registers"),
     ({}, lambda sd: sd.update(reg_token=torch.zeros(1, 4, DIM)), r"4 register tokens"),
