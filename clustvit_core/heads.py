@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -103,18 +104,28 @@ class SegmenterHead(nn.Module):
         nn.init.constant_(self.mask_norm.weight, mask_norm_scale(self.num_classes, self.mask_norm.eps))
         nn.init.zeros_(self.mask_norm.bias)
 
-    def forward(self, features: list[Tensor]) -> Tensor:
-        """features: list whose last item is [B, D, h, w] -> [B, num_classes, h, w]."""
+    def forward(self, features: list[Tensor] | None = None, *, tokens: Tensor | None = None,
+                valid: Tensor | None = None, restore: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Maps: `features`, a list whose last item is [B, D, h, w] -> [B, num_classes, h, w].
+
+        Sequences (a ClustViT with decoder_merge): `tokens` [B, L, D], any token sequence (`valid` [B, L]
+        bool, False on padding, keeps padded tokens out of the attention) -> mask scores [B, L, num_classes];
+        with `restore` (decoded patch tokens [B, L, E] -> [B, N, E], e.g. a regeneration to the full grid)
+        the scores of the N restored tokens [B, N, num_classes]. Called through the module either way, so
+        that FLOP counts attribute the work to the head."""
+        if tokens is not None:
+            if restore is None:
+                return self.forward_tokens(tokens, valid)
+            decoded = self.decode(tokens, valid)
+            c = self.num_classes
+            return self.masks(torch.cat([restore(decoded[:, :-c]), decoded[:, -c:]], dim=1))
         x = features[-1]
         B, _, h, w = x.shape
         masks = self.forward_tokens(x.flatten(2).transpose(1, 2))  # [B, h*w, C]
         return masks.transpose(1, 2).reshape(B, self.num_classes, h, w)
 
     def forward_tokens(self, tokens: Tensor, valid: Tensor | None = None) -> Tensor:
-        """Mask scores of any token sequence: tokens [B, L, D] -> [B, L, num_classes].
-
-        `valid` [B, L] bool (False on padding) keeps padded tokens out of the attention; a ClustViT with
-        decoder_merge passes its merged sequence here (kept tokens and cluster tokens)."""
+        """Mask scores of any token sequence: tokens [B, L, D] -> [B, L, num_classes] (`valid` as in forward)."""
         return self.masks(self.decode(tokens, valid))
 
     def decode(self, tokens: Tensor, valid: Tensor | None = None) -> Tensor:

@@ -422,12 +422,10 @@ class ClustViT(nn.Module):
         plan = out.plan
         valid = plan.valid if plan.padded else None
         if self.decoder_regenerator is None:
-            masks = self.head.forward_tokens(out.reduced, valid)  # [B, L, C]
+            masks = self.head(tokens=out.reduced, valid=valid)  # [B, L, C]
             return masks.gather(1, reduced_position(plan)[..., None].expand(-1, -1, masks.shape[-1]))
-        decoded = self.head.decode(out.reduced, valid)  # [B, L + C, E]
-        c = self.num_classes
-        patches = regenerate(decoded[:, :-c], out.x_ip, plan, self.decoder_regenerator)  # [B, N, E]
-        return self.head.masks(torch.cat([patches, decoded[:, -c:]], dim=1))
+        return self.head(tokens=out.reduced, valid=valid,
+                         restore=lambda decoded: regenerate(decoded, out.x_ip, plan, self.decoder_regenerator))
 
     def check_images(self, images: Tensor) -> Tensor:
         if not isinstance(images, Tensor):

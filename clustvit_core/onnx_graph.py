@@ -252,8 +252,6 @@ class ExportGraph(nn.Module):
         -> per-patch mask scores [N, C]."""
         model = self.model
         if model.decoder_regenerator is None:
-            return model.head.forward_tokens(y[None])[0][single_reduced_rows(ids, present_mask)]
-        decoded = model.head.decode(y[None])[0]  # [M + P + C, E]
-        c = model.num_classes
-        patches = single_regenerate(decoded[:-c], x_ip, ids, present_mask, model.decoder_regenerator)
-        return model.head.masks(torch.cat([patches, decoded[-c:]], dim=0)[None])[0]
+            return model.head(tokens=y[None])[0][single_reduced_rows(ids, present_mask)]
+        restore = lambda decoded: single_regenerate(decoded[0], x_ip, ids, present_mask, model.decoder_regenerator)[None]  # noqa: E731
+        return model.head(tokens=y[None], restore=restore)[0]

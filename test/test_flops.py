@@ -42,3 +42,19 @@ def test_breakdown_counts_cluster_and_regenerator():
     assert parts["cluster"] == 2 * N * (D * H + H * 4)
     # regenerator: own half of fc1 and fc2 per clustered token, representative half once per cluster
     assert parts["regenerator"] == 2 * 8 * (D * D + D * D) + 2 * 3 * D * D
+
+
+@pytest.mark.parametrize("restore", ["scores", "regenerate"])
+def test_breakdown_attributes_a_merged_decoder_to_the_head(restore):
+    """decoder_merge: the head runs on the merged sequence (fewer FLOPs than on the full grid), and its
+    work (the decoder's Regenerator included) still counts as the head's."""
+    full = tiny_model().eval()
+    merged = tiny_model(decoder_merge=True, decoder_restore=restore).eval()
+    ids = torch.zeros(1, 4, 4, dtype=torch.long)
+    ids[0, :3] = 1  # 12 of 16 patches in one cluster: 5 tokens
+    x = torch.randn(1, 3, 64, 64)
+    a = cc.flop_breakdown(full, x, cluster_ids=ids)
+    b = cc.flop_breakdown(merged, x, cluster_ids=ids)
+    assert 0 < b["head"] < a["head"]
+    assert b["total"] == b["backbone"] + b["head"]
+    assert b["regenerator"] == 0  # the backbone regenerates nothing: the last block's sequence goes to the head
