@@ -178,7 +178,7 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[st
         log(f"--budget {budget:g}: not trained yet (run again to go on): {', '.join(missing)}")
     if not weights:
         raise ConfigError(f"--budget {budget:g}: no model in {out / 'runs'} is trained yet; give a budget > 0")
-    evaluated, models, oracle = {}, {}, {}
+    evaluated, models, oracle, parts = {}, {}, {}, {}
     for folder, path in weights.items():
         model = build_model(read_checkpoint_config(path), weights=path).to(device).eval()
         r = evaluate(model, dataset, max_images=n, flops_images=None, progress=False, device=device,
@@ -187,6 +187,7 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[st
         models[folder] = model
         if model.config.clustering:
             oracle[folder] = oracle_tokens(dataset, n, model.config)
+        parts[folder] = flop_parts(model, dataset, n, device)
         log(f"{folder}: mIoU {100 * (r.miou or 0):.1f}, tokens {r.tokens.mean:.0f}, GFLOPs {r.gflops.mean:.2f}")
     speed = measure_speed(models, [dataset[i].image for i in range(n)], 1 if quick else rounds)
     results = {}
@@ -196,6 +197,7 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[st
         cfg = models[row.folder].config
         results[row.label] = {"row": row.__dict__, "weights": str(weights[row.folder]), "kind": cfg.kind,
                               "head": cfg.head, "img_s": speed[row.folder], "oracle_tokens": oracle.get(row.folder),
+                              "gflops_parts": parts[row.folder],
                               **evaluated[row.folder]}
     machine = machine_info(device)
     machine.update({"iterations": {row.label: _train_setting(out / "runs" / row.folder, "iters")
@@ -207,6 +209,21 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[st
     plots = write_plots(results, out)
     (out / "README.md").write_text(report(results, machine, plots))
     return results
+
+
+def flop_parts(model, dataset, n: int, device: str) -> dict[str, float]:
+    """Mean GFLOPs per image by part (`flops.flop_breakdown`): backbone blocks, Cluster MLP, Regenerator, head."""
+    from .flops import flop_breakdown
+    from .preprocessing import preprocess
+
+    cfg = model.config
+    sums: dict[str, float] = {}
+    for i in range(n):
+        x = preprocess(dataset[i].image, cfg.data.input_size, cfg.mean, cfg.std).to(device)
+        for part, flops in flop_breakdown(model, x).items():
+            sums[part] = sums.get(part, 0.0) + flops / 1e9 / n
+    sums["blocks"] = sums["backbone"] - sums["cluster"] - sums["regenerator"]
+    return sums
 
 
 def _train_setting(work: Path, key: str):
@@ -301,6 +318,11 @@ def report(results: dict, machine: dict, plots: list[str]) -> str:
     lines += ["Ratios against the Table I ViT with the same head, measured in the same process (batch 1, median "
               "of interleaved rounds); whole-image input at the training size.", "", "## Targets", ""]
     lines += targets(results) or ["- (no ClustViT row yet)"]
+    lines += ["", "## Where the FLOPs go (GFLOPs per image, mean)", "",
+              "| model | backbone (without Cluster MLP, Regenerator) | Cluster MLP | Regenerator | head | total |", "|---" * 6 + "|"]
+    for label, r in results.items():
+        g = r["gflops_parts"]
+        lines.append(f"| {label} | {g['blocks']:.1f} | {g['cluster']:.2f} | {g['regenerator']:.2f} | {g['head']:.1f} | {g['total']:.1f} |")
     lines += ["", "## Size-stratified recall (crop and weed objects; soil excluded)", "",
               "| model | " + " | ".join(f"{b} (objects)" for b in SIZE_BUCKETS) + " |", "|---" * (1 + len(SIZE_BUCKETS)) + "|"]
     for label, r in results.items():

@@ -22,7 +22,7 @@ def test_quick_run_writes_tables_and_reuses_checkpoints(tmp_path, capsys):
     readme = (tmp_path / "README.md").read_text()
     assert "## Table I" in readme and "| clustvit_k3_ip3 | clustvit | segmenter |" in readme and "QUICK RUN" in readme
     assert (tmp_path / "miou_vs_gflops.png").stat().st_size > 1000 and (tmp_path / "machine.json").is_file()
-    assert "## Targets" in readme and "than the ViT at ≤ 1.0 mIoU loss: **" in readme and "oracle's tokens" in readme
+    assert "## Where the FLOPs go" in readme and "## Targets" in readme and "than the ViT at ≤ 1.0 mIoU loss: **" in readme and "oracle's tokens" in readme
     assert all(r["oracle_tokens"] > 0 for r in results.values() if r["kind"] == "clustvit")
     assert (tmp_path / "tokens.png").is_file()
     capsys.readouterr()
