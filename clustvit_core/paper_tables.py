@@ -389,6 +389,9 @@ def write_plots(results: dict, out: Path) -> list[str]:
             ax2.plot(xs, [statistics.fmean(by_classes[x]) for x in xs], marker="o", label=k)
         full = results[merged[0]]["tokens"]["full_mean"]
         ax.axvline(full, color="k", linestyle="--", label=f"ViT ({full:.0f})")
+        oracles = {results[k]["oracle_tokens"] for k in merged if results[k].get("oracle_tokens")}
+        for value in sorted(oracles):
+            ax.axvline(value, color="gray", linestyle=":", label=f"oracle clusters ({value:.0f})")
         ax.set_xlabel("tokens per image after merging")
         ax.set_ylabel("images")
         ax.legend(fontsize=7)
@@ -428,19 +431,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--data-root", default=None, help="CWFID folder (default ../shared/data/cwfid)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds for img/s (default 3)")
+    parser.add_argument("--num-images", type=int, default=None, metavar="N",
+                        help="evaluate and time only the first N test images (default all 21)")
     parser.add_argument("--update-readme", type=Path, default=None, metavar="README",
                         help=f"also write Table I and the targets into README's section {README_SECTION}")
     args = parser.parse_args(argv)
     with cli_errors(PROG):
         if args.iters is not None and args.iters < 1:
             raise ConfigError(f"--iters {args.iters}: must be >= 1")
+        if args.num_images is not None and args.num_images < 1:
+            raise ConfigError(f"--num-images {args.num_images}: must be >= 1")
         if args.budget is not None and args.budget < 0:
             raise ConfigError(f"--budget {args.budget:g}: minutes of training, >= 0")
         if args.update_readme:
             check_section(args.update_readme, README_SECTION)
         select_rows(args.rows, args.ablation)  # a bad label fails before any training
         results = run(args.out, quick=args.quick, ablation=args.ablation, rows=args.rows, budget=args.budget,
-                      iters=args.iters, device=args.device, data_root=args.data_root, rounds=args.rounds)
+                      iters=args.iters, device=args.device, data_root=args.data_root, rounds=args.rounds,
+                      num_images=args.num_images)
         machine = json.loads((args.out / "machine.json").read_text())
         if args.update_readme:
             replace_section(args.update_readme, README_SECTION,
