@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ROS_STAMP := $(VENV)/.ros-built
 
-.PHONY: setup demo test train-cwfid evaluate-cwfid evaluate-cwfid-keep-bias evaluate-cwfid-input evaluate-cwfid-bag paper-tables benchmark-onnx benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo evaluate-keep-bias train-demo readme-demo clean
+.PHONY: setup demo test train-cwfid evaluate-cwfid evaluate-cwfid-keep-bias evaluate-cwfid-input evaluate-cwfid-bag paper-tables benchmark-gpu benchmark-onnx benchmark-synthetic benchmark-cwfid benchmark-batching evaluate-demo evaluate-keep-bias train-demo readme-demo clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,10 @@ test: $(ROS_STAMP)
 # The README's CWFID table (real images from ../shared/data/cwfid).
 benchmark-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 100 --size 448 --oracle-clusters --rounds 5 --threads 2 --json out/benchmark_cwfid.json --update-readme README.md
+
+# On a machine with a CUDA GPU: ViT vs ClustViT with PyTorch on the GPU, fp32 and fp16 (518 = 37 x 14, DINOv2's own size).
+benchmark-gpu: $(STAMP)
+	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 100 --size 518 --oracle-clusters --device cuda --precisions fp32 fp16 --warmup 3 --rounds 10 --json out/benchmark_gpu.json
 
 # ViT vs ClustViT with PyTorch (eager) and ONNX Runtime (CPU) in one table (README section onnx).
 benchmark-onnx: $(STAMP)

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from .errors import ConfigError, InputError, cli_errors
+from .devices import DEVICE_HELP, PRECISIONS, autocast_dtype, resolve_device
 from .flops import flop_breakdown
 from .preprocessing import preprocess
 from .pseudo import oracle_ids, oracle_purity
@@ -95,35 +96,45 @@ def load_samples(source: str, num_images: int, size: int, mask_dir: str | None, 
     return samples
 
 
-def _timed(fn) -> float:
+def _timed(fn, device: torch.device | None = None) -> float:
+    """Seconds `fn` takes; on a GPU the queued kernels are waited for before and after."""
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     fn()
+    if cuda:
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
 def run(args) -> list[Row]:
-    models, names = [], []
+    device = args.device
+    models, names, backends, casts = [], [], [], []  # casts: the torch.autocast dtype of each row (None: fp32)
     for name in args.models:
-        model = build_model(name, weights=args.weights if args.weights != "none" else None, **args.overrides)
+        model = build_model(name, weights=args.weights if args.weights != "none" else None, **args.overrides).to(device)
         modes = args.batch_modes if model.clustering else ["auto"]
         for mode in modes:
             twin = copy.deepcopy(model) if len(modes) > 1 else model
             twin.backbone.batch_mode = mode
-            models.append(twin)
-            names.append(f"{name} [{mode}]" if len(modes) > 1 else name)
+            for precision in args.precisions:
+                models.append(twin)
+                backends.append("torch" if precision == "fp32" else f"torch {precision}")
+                names.append(name + (f" [{mode}]" if len(modes) > 1 else "") + (f" [{precision}]" if precision != "fp32" else ""))
+                casts.append(autocast_dtype(precision, device, "--precisions"))
     counted = list(models)  # the torch model whose FLOPs each row reports
-    backends = ["torch"] * len(models)
     exportable = [(n, m) for n, m in zip(names, models) if not m.config.sharing]
     if len(exportable) < len(models) and set(args.backends) - {"torch"}:
         print("note: CTS models have no ONNX export; they run with torch only", file=sys.stderr)
     if "torch" not in args.backends:
-        models, names, counted, backends = [], [], [], []
+        models, names, counted, backends, casts = [], [], [], [], []
     for backend in [b for b in args.backends if b != "torch"]:  # the same models (same weights) exported
         for n, m in exportable:  # rows "NAME [BACKEND]"
             models.append(_onnx_twin(m, args.size, args.oracle_clusters is not None, args.threads, ONNX_ATTENTION[backend]))
             names.append(f"{n} [{backend}]")
             counted.append(m)
             backends.append(backend)
+            casts.append(None)
     data0 = models[0].config.data
     for m in models[1:]:
         if (m.config.mean, m.config.std) != (data0.mean, data0.std):
@@ -138,17 +149,17 @@ def run(args) -> list[Row]:
     if not oracle and args.weights == "none" and any(m.clustering for m in models):
         print("note: random weights without --oracle-clusters: token counts reflect an untrained Cluster module", file=sys.stderr)
 
-    x_all = preprocess([s.image for s in samples], args.size, data0.mean, data0.std)
+    x_all = preprocess([s.image for s in samples], args.size, data0.mean, data0.std).to(device)
     rows = [Row(name, m.config.clustering, backend, m.config.kind) for name, m, backend in zip(names, models, backends)]
     ids_per_model = []  # per model: None, or (forward keyword, oracle tensor for all images)
     for m in models:
         cfg = m.config
         if oracle and cfg.clustering:
             ids_per_model.append(("cluster_ids", torch.cat([oracle_ids(s.labels, args.size, cfg.k, cfg.patch_size)
-                                                            for s in samples])))
+                                                            for s in samples]).to(device)))
         elif oracle and cfg.sharing:
             ids_per_model.append(("share_scores", torch.cat([oracle_purity(s.labels, args.size, cfg.patch_size)
-                                                             for s in samples])))
+                                                             for s in samples]).to(device)))
         else:
             ids_per_model.append(None)
 
@@ -166,31 +177,32 @@ def run(args) -> list[Row]:
     # over batches, and the median round counts.
     batches = [slice(i, i + args.batch) for i in range(0, len(samples), args.batch)]
 
-    def call(m, ids, b, backbone_only):
+    def call(m, ids, cast, b, backbone_only):
         kw = {ids[0]: ids[1][b]} if ids is not None else {}
-        if backbone_only:
-            m.backbone(x_all[b], m.out_indices, **kw)
-        else:
-            m(x_all[b], **kw)
+        with torch.autocast(device.type, dtype=cast, enabled=cast is not None):
+            if backbone_only:
+                m.backbone(x_all[b], m.out_indices, **kw)
+            else:
+                m(x_all[b], **kw)
 
-    def timed(m, ids, b, backbone_only) -> float:
+    def timed(m, ids, cast, b, backbone_only) -> float:
         if backbone_only and not hasattr(m, "backbone"):
             return math.nan  # an exported graph runs as a whole
-        return _timed(lambda: call(m, ids, b, backbone_only))
+        return _timed(lambda: call(m, ids, cast, b, backbone_only), device)
 
     with torch.inference_mode():
         for _ in range(args.warmup):
             for b in batches:
-                for m, ids in zip(models, ids_per_model):
-                    call(m, ids, b, backbone_only=False)
+                for m, ids, cast in zip(models, ids_per_model, casts):
+                    call(m, ids, cast, b, backbone_only=False)
         for _ in tqdm(range(args.rounds), desc="timing rounds", disable=args.quiet):
             for row in rows:
                 row.seconds_backbone.append(0.0)
                 row.seconds_total.append(0.0)
             for b in batches:
-                for m, row, ids in zip(models, rows, ids_per_model):
-                    row.seconds_backbone[-1] += timed(m, ids, b, True)
-                    row.seconds_total[-1] += timed(m, ids, b, False)
+                for m, row, ids, cast in zip(models, rows, ids_per_model, casts):
+                    row.seconds_backbone[-1] += timed(m, ids, cast, b, True)
+                    row.seconds_total[-1] += timed(m, ids, cast, b, False)
     return rows, len(samples)
 
 
@@ -264,7 +276,7 @@ def format_table(summary: list[dict]) -> str:
         if d["clustering"]:
             note = (f"- {d['model']}: Cluster MLP {100 * d['cluster_share']:.1f} % and Regenerator "
                     f"{100 * d['regenerator_share']:.1f} % of all FLOPs")
-            if "flop_ratio_total" in d and d["backend"] != "torch":
+            if "flop_ratio_total" in d and not d["backend"].startswith("torch"):
                 note += f"; whole-model speed-up = {100 * d['speedup_vs_flop_ratio_total']:.0f} % of the total FLOP ratio"
             elif "flop_ratio_total" in d:
                 note += (f"; backbone speed-up = {100 * d['speedup_vs_flop_ratio_backbone']:.0f} % of the backbone FLOP ratio; "
@@ -305,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes over the images (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="timed interleaved rounds; the median counts (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help=f"where the torch rows run: {DEVICE_HELP} (default cpu; ONNX Runtime rows run on the CPU)")
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=PRECISIONS,
+                        help="torch rows per precision (torch.autocast; fp16 needs CUDA), e.g. --precisions fp32 fp16 (default fp32)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     parser.add_argument("--update-readme", type=Path, default=None, metavar="README",
                         help="replace the text between '<!-- BEGIN benchmark:SECTION -->' and '<!-- END benchmark:SECTION -->' in this file with the command and the table")
@@ -325,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--backends {' '.join(unknown)}: choose from {', '.join(BACKENDS)}")
         if args.batch < 1 or args.num_images < 1 or args.rounds < 1 or args.warmup < 0:
             raise ConfigError("--batch, --num-images and --rounds must be >= 1, --warmup >= 0")
+        args.device = resolve_device(args.device, "--device")
+        if args.device.type != "cpu" and set(args.backends) - {"torch"}:
+            raise ConfigError(f"--device {args.device} with --backends {' '.join(args.backends)}: ONNX Runtime rows run on "
+                              "the CPU here (the GPU wheel is onnxruntime-gpu); benchmark them with --device cpu")
+        for precision in args.precisions:
+            autocast_dtype(precision, args.device, "--precisions")
         args.overrides = parse_overrides(args.overrides)
         args.overrides.setdefault("img_size", args.size)
         if args.threads:
@@ -333,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         rows, n = run(args)
         summary = summarize(rows, n)
         setup_line = (f"{n} images from {args.images} at {args.size}x{args.size}, batch {args.batch}, "
-                      f"{torch.get_num_threads()} CPU threads ({platform.processor() or platform.machine()}), "
+                      + (f"GPU {torch.cuda.get_device_name(args.device)}, " if args.device.type == "cuda" else "")
+                      + f"{torch.get_num_threads()} CPU threads ({platform.processor() or platform.machine()}), "
                       f"clusters: {'oracle (ground truth)' if args.oracle_clusters is not None else 'Cluster module'}")
         table = format_table(summary)
         print(setup_line)
@@ -344,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             setup = {k: v for k, v in vars(args).items() if k != "json"}
-            setup["device"] = "cpu"
+            setup["device"] = str(args.device)
+            if args.device.type == "cuda":
+                setup["gpu"] = torch.cuda.get_device_name(args.device)
             setup["torch_threads"] = torch.get_num_threads()
             args.json.write_text(json.dumps({"setup": setup, "rows": summary}, indent=2, default=str))
     return 0

@@ -48,6 +48,22 @@ def test_both_backends_in_one_table(tmp_path, capsys):
     assert "| cwfid_k3_ip3 [onnxruntime] |" in capsys.readouterr().out
 
 
+def test_precisions_are_rows_with_ratios_within_each(tmp_path):
+    """--precisions: one torch row per model and precision (autocast), ratios against the ViT of the same
+    precision; what a GPU run adds with --device cuda --precisions fp32 fp16."""
+    out_json = tmp_path / "b.json"
+    argv = ["--models", "cwfid_vit", "cwfid_k3_ip3", "--precisions", "fp32", "bf16", "--images", "cwfid:test",
+            "--num-images", "1", "--size", "128", "--oracle-clusters", "--rounds", "1", "--warmup", "0", "--quiet",
+            "--json", str(out_json), *TINY_SET]
+    assert benchmark.main(argv) == 0
+    data = json.loads(out_json.read_text())
+    rows = {r["model"]: r for r in data["rows"]}
+    assert set(rows) == {"cwfid_vit", "cwfid_k3_ip3", "cwfid_vit [bf16]", "cwfid_k3_ip3 [bf16]"}
+    assert rows["cwfid_vit [bf16]"]["backend"] == "torch bf16" and rows["cwfid_vit [bf16]"]["speedup_total"] == 1.0
+    assert rows["cwfid_k3_ip3 [bf16]"]["tokens_mean"] == rows["cwfid_k3_ip3"]["tokens_mean"]
+    assert data["setup"]["device"] == "cpu"
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -56,6 +72,8 @@ def test_both_backends_in_one_table(tmp_path, capsys):
         (["--models", "cwfid_vit", "--images", "/does/not/exist"], "not a folder"),
         (["--models", "cwfid_vit", "=small"], "must look like key=value"),
         (["--models", "cwfid_vit", "--backends", "tensorflow"], "--backends tensorflow: choose from torch, onnxruntime, onnxruntime-mha"),
+        (["--models", "cwfid_vit", "--precisions", "fp16"], "--precisions=fp16 needs a CUDA device: use fp32 or bf16 on the CPU"),
+        (["--models", "cwfid_vit", "--device", "tpu"], "--device='tpu': use auto (cuda if available, else cpu), cpu"),
     ],
 )
 def test_benchmark_user_errors_are_one_line(args, message):
