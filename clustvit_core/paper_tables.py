@@ -154,8 +154,9 @@ def machine_info(device: str) -> dict:
 
 def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[str] | None = None,
         budget: float | None = None, iters: int | None = None, device: str = "cpu", data_root=None, rounds: int = 3,
-        num_images: int | None = None, log=print) -> dict:
-    """Train (or reuse) and evaluate the selected rows; write OUT/README.md, results.json, machine.json and plots."""
+        num_images: int | None = None, log=print) -> tuple[dict, dict]:
+    """Train (or reuse) and evaluate the selected rows; write OUT/README.md, results.json, machine.json and plots.
+    Returns (results, machine): what results.json and machine.json hold."""
     from .data import build_dataset
     from .evaluate import evaluate
     from .registry import build_model
@@ -208,7 +209,7 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[st
     (out / "machine.json").write_text(json.dumps(machine, indent=2))
     plots = write_plots(results, out)
     (out / "README.md").write_text(report(results, machine, plots))
-    return results
+    return results, machine
 
 
 def flop_parts(model, dataset, n: int, device: str) -> dict[str, float]:
@@ -446,10 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.update_readme:
             check_section(args.update_readme, README_SECTION)
         select_rows(args.rows, args.ablation)  # a bad label fails before any training
-        results = run(args.out, quick=args.quick, ablation=args.ablation, rows=args.rows, budget=args.budget,
+        results, machine = run(args.out, quick=args.quick, ablation=args.ablation, rows=args.rows, budget=args.budget,
                       iters=args.iters, device=args.device, data_root=args.data_root, rounds=args.rounds,
                       num_images=args.num_images)
-        machine = json.loads((args.out / "machine.json").read_text())
         if args.update_readme:
             replace_section(args.update_readme, README_SECTION,
                             f"`{command_line('clustvit_core.paper_tables', argv)}`\n\n{summary(results, machine, args.out)}")
