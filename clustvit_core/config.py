@@ -30,6 +30,7 @@ BACKBONES = {
 HEADS = ("segmenter", "uper")
 EMPTY_CLUSTERS = ("drop", "zeros")  # see ModelConfig
 DECODER_RESTORE = ("scores", "regenerate")  # see ModelConfig
+REGENERATORS = ("mlp", "residual")  # see ModelConfig
 RESIZE_MODES = ("stretch", "letterbox")  # how an image of another shape meets the input (preprocessing.letterbox)
 
 
@@ -82,6 +83,12 @@ class ModelConfig:
     merged sequence), decoder_restore (how decoder_merge restores per-patch masks: "scores", each clustered
     patch takes its cluster token's mask scores; "regenerate", a second Regenerator restores every patch
     token from its own token at the injection point and its cluster's decoded token before the masks),
+    regenerator ("mlp": a clustered patch's token is MLP(own token at ip, cluster token), the paper's;
+    "residual": cluster token + that MLP, whose last layer starts at zero, so an untrained Regenerator hands
+    every member its cluster's token and a ViT's trained weights keep working when merging starts),
+    proportional_attention (after merging, each token's attention logit gets + log(patches it stands for),
+    as ToMe does: a cluster token weighs in the attention as its members did, in the blocks and the merged
+    decoder; measured on CWFID: a trained ViT run with oracle clusters keeps its accuracy, issue 10),
     head (segmenter | uper), head_layers, uper_indices, uper_channels, drop_path_rate.
     Classes: num_classes, class_names, palette (RGB per class).
     Input: mean, std (RGB, 0-255 scale).
@@ -109,6 +116,8 @@ class ModelConfig:
     cts_reduction: float | None = None
     decoder_merge: bool = False
     decoder_restore: str = "scores"
+    regenerator: str = "mlp"
+    proportional_attention: bool = False
     head: str = "segmenter"
     head_layers: int = 2
     uper_indices: tuple[int, ...] | None = None
@@ -184,6 +193,10 @@ class ModelConfig:
         if self.decoder_restore not in DECODER_RESTORE:
             raise ConfigError(f"{where}: decoder_restore={self.decoder_restore!r}; choose one of {', '.join(DECODER_RESTORE)} "
                               "(used with decoder_merge: true)")
+        if self.regenerator not in REGENERATORS:
+            raise ConfigError(f"{where}: regenerator={self.regenerator!r}; choose one of {', '.join(REGENERATORS)}")
+        if not isinstance(self.proportional_attention, bool):
+            raise ConfigError(f"{where}: proportional_attention={self.proportional_attention!r}; use true or false")
         if self.uper_indices is not None:
             set_("uper_indices", tuple(int(i) for i in self.uper_indices))
         set_("train", dict(self.train or {}))

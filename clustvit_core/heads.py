@@ -108,8 +108,10 @@ class SegmenterHead(nn.Module):
                 valid: Tensor | None = None, restore: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """Maps: `features`, a list whose last item is [B, D, h, w] -> [B, num_classes, h, w].
 
-        Sequences (a ClustViT with decoder_merge): `tokens` [B, L, D], any token sequence (`valid` [B, L]
-        bool, False on padding, keeps padded tokens out of the attention) -> mask scores [B, L, num_classes];
+        Sequences (a ClustViT with decoder_merge): `tokens` [B, L, D], any token sequence (`valid` [B, L]:
+        bool, False on padding, keeps padded tokens out of the attention; or float, added to the attention
+        logits of each key: -inf on padding, log(cluster size) for proportional attention) -> mask scores
+        [B, L, num_classes];
         with `restore` (decoded patch tokens [B, L, E] -> [B, N, E], e.g. a regeneration to the full grid)
         the scores of the N restored tokens [B, N, num_classes]. Called through the module either way, so
         that FLOP counts attribute the work to the head."""
@@ -136,7 +138,8 @@ class SegmenterHead(nn.Module):
         x = torch.cat([x, self.cls_emb.expand(B, -1, -1)], dim=1)
         mask = None
         if valid is not None:
-            mask = torch.cat([valid, valid.new_ones(B, self.num_classes)], dim=1)[:, None, None, :]
+            classes = valid.new_ones(B, self.num_classes) if valid.dtype == torch.bool else valid.new_zeros(B, self.num_classes)
+            mask = torch.cat([valid, classes], dim=1)[:, None, None, :]
         for layer in self.layers:
             x = layer(x) if mask is None else layer(x, attn_mask=mask)
         return x

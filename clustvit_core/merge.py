@@ -163,14 +163,34 @@ def reduced_position(plan: MergePlan) -> Tensor:
     return pos_of_slot.gather(1, slot_of_patch)
 
 
-def attention_mask(plan: MergePlan, prefix: int = 1) -> Tensor | None:
-    """Boolean key mask for scaled_dot_product_attention, or None when nothing is padded.
+def token_sizes(plan: MergePlan) -> Tensor:
+    """How many patches each position of the reduced sequence stands for.
 
     Returns:
-        [B, 1, 1, prefix + L] with True = may be attended (the prefix is the CLS token).
+        [B, L] float: 1 for a kept token, the member count for a cluster token (at least 1: an empty
+        cluster's zero token with empty_clusters=zeros counts as one), 0 on padding.
     """
+    B, N = plan.cluster_ids.shape
+    table = torch.cat([plan.counts.new_ones(B, N), plan.counts.clamp(min=1), plan.counts.new_zeros(B, 1)], dim=1)
+    return table.gather(1, plan.slots).to(torch.float32)
+
+
+def attention_mask(plan: MergePlan, prefix: int = 1, proportional: bool = False) -> Tensor | None:
+    """Key mask for scaled_dot_product_attention over [prefix tokens (CLS), reduced sequence].
+
+    Plain: boolean, True = may be attended, or None when nothing is padded. Proportional attention (ToMe's):
+    an additive float mask, log(patches each key stands for) (`token_sizes`; 0 for the prefix, -inf on
+    padding), so that a cluster token gets the attention weight its members would have had together.
+
+    Returns:
+        [B, 1, 1, prefix + L] bool or float, or None.
+    """
+    B = plan.valid.shape[0]
+    if proportional:
+        sizes = token_sizes(plan)
+        bias = torch.where(plan.valid, sizes.clamp(min=1).log(), torch.full_like(sizes, float("-inf")))
+        return torch.cat([bias.new_zeros(B, prefix), bias], dim=1)[:, None, None, :]
     if not plan.padded:
         return None
-    B = plan.valid.shape[0]
     keep = torch.cat([plan.valid.new_ones(B, prefix), plan.valid], dim=1)
     return keep[:, None, None, :]

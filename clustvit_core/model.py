@@ -120,28 +120,46 @@ class SharePolicy(nn.Module):
 class Regenerator(nn.Module):
     """MLP(concat[own token at the injection point, processed representative]) -> restored token.
 
-    Linear(2D->D) -> GELU -> Linear(D->D), no residual. `forward` computes the representative half
-    of the first layer once per cluster instead of once per member (same result, fewer FLOPs);
-    `reference` is the literal concat form.
+    Linear(2D->D) -> GELU -> Linear(D->D). `residual=False` (the paper's): the MLP's output is the token.
+    `residual=True`: representative + the MLP's output, with the last layer initialized to zero
+    (`reset_parameters`), so that before training every member gets its cluster's token. `forward`
+    computes the representative half of the first layer once per cluster instead of once per member
+    (same result, fewer FLOPs); `reference` is the literal concat form.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, residual: bool = False):
         super().__init__()
         self.dim = dim
+        self.residual = bool(residual)
         self.fc1 = nn.Linear(2 * dim, dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(dim, dim)
+        self.zero_residual()
+
+    def zero_residual(self) -> None:
+        """Residual: the last layer's weight to zero (restoring = copying the representative); draws no
+        random numbers, so that models without it initialize exactly as before."""
+        if self.residual:
+            nn.init.zeros_(self.fc2.weight)
+            nn.init.zeros_(self.fc2.bias)
+
+    def reset_parameters(self) -> None:
+        """ViT initialization (`init_linear_layers`), then `zero_residual`."""
+        init_linear_layers(self)
+        self.zero_residual()
 
     def forward(self, own: Tensor, representatives: Tensor, batch_index: Tensor, cluster_index: Tensor) -> Tensor:
         """own [M, D], representatives [B, k, D], indices [M] -> [M, D] (see merge.RegenerateFn)."""
         w_own, w_rep = self.fc1.weight[:, : self.dim], self.fc1.weight[:, self.dim :]
         per_cluster = F.linear(representatives, w_rep, self.fc1.bias)  # [B, k, D]
         hidden = F.linear(own, w_own) + per_cluster[batch_index, cluster_index]
-        return self.fc2(self.act(hidden))
+        out = self.fc2(self.act(hidden))
+        return out + representatives[batch_index, cluster_index] if self.residual else out
 
     def reference(self, own: Tensor, representative: Tensor) -> Tensor:
         """own, representative: [..., D] -> [..., D]: the plain concat form `forward` must equal."""
-        return self.fc2(self.act(self.fc1(torch.cat([own, representative], dim=-1))))
+        out = self.fc2(self.act(self.fc1(torch.cat([own, representative], dim=-1))))
+        return out + representative if self.residual else out
 
 
 class ClustViTBackbone(nn.Module):
@@ -168,6 +186,8 @@ class ClustViTBackbone(nn.Module):
         cts_reduction: float | None = None,
         decoder_merge: bool = False,
         drop_path_rate: float = 0.0,
+        regenerator: str = "mlp",
+        proportional_attention: bool = False,
     ):
         super().__init__()
         if (k is None) != (ip is None):
@@ -196,7 +216,8 @@ class ClustViTBackbone(nn.Module):
         self.norm = norm(embed_dim)
         if k is not None:
             self.cluster_mlp = ClusterMLP(embed_dim, cluster_hidden or 4 * embed_dim, k)
-            self.regenerator = Regenerator(embed_dim)
+            self.regenerator = Regenerator(embed_dim, residual=regenerator == "residual")
+        self.proportional_attention = bool(proportional_attention)  # see attention_mask
         self.decoder_merge = bool(decoder_merge)  # the last block's merged sequence goes to the head as it is
         self.cts_reduction = cts_reduction
         if cts_reduction is not None:
@@ -213,6 +234,8 @@ class ClustViTBackbone(nn.Module):
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
         init_linear_layers(self)
+        if self.clustering:
+            self.regenerator.zero_residual()
 
     def position_embedding(self, grid: tuple[int, int]) -> Tensor:
         """[1, 1 + h*w, D], resampled (`resample_pos_embed`) when the input grid differs from the trained one."""
@@ -306,7 +329,7 @@ class ClustViTBackbone(nn.Module):
         """Blocks start..stop-1 on [B, 1 + L, D]; returns {index: patch tokens [B, N, D]} for `out_indices`
         (regenerated if `plan`; the last block's output final-normed), and "x": the last sequence."""
         stop = self.depth if stop is None else stop
-        mask = attention_mask(plan) if plan is not None else None
+        mask = self.attention_mask(plan, x) if plan is not None else None
         out = {}
         for i in range(start, stop):
             x = self.blocks[i](x, attn_mask=mask)
@@ -317,6 +340,15 @@ class ClustViTBackbone(nn.Module):
                 out[i] = self.norm(patches) if i == self.depth - 1 else patches
         out["x"] = x
         return out
+
+    def attention_mask(self, plan, x: Tensor) -> Tensor | None:
+        """`merge.attention_mask` for the blocks after merging (proportional if so configured); a float mask
+        in the dtype the attention computes in (autocast's, when on: SDPA wants the query's dtype)."""
+        mask = attention_mask(plan, proportional=self.proportional_attention)
+        if mask is not None and mask.dtype != torch.bool:
+            kind = x.device.type
+            mask = mask.to(torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype)
+        return mask
 
     def _maps(self, features: dict, h: int, w: int) -> list[Tensor]:
         """{index: [B, N, D]} -> [B, D, h, w] maps in index order."""
@@ -357,6 +389,7 @@ class ClustViT(nn.Module):
             num_heads=config.num_heads, k=config.k, ip=config.ip, cluster_hidden=config.cluster_hidden,
             empty_clusters=config.empty_clusters, cts_reduction=config.cts_reduction,
             decoder_merge=config.decoder_merge, drop_path_rate=config.drop_path_rate,
+            regenerator=config.regenerator, proportional_attention=config.proportional_attention,
         )
         if config.head == "segmenter":
             self.out_indices = (depth - 1,)
@@ -370,8 +403,8 @@ class ClustViT(nn.Module):
         # decoder_merge with decoder_restore "regenerate": restores every patch token after the mask transformer
         self.decoder_regenerator = None
         if config.decoder_merge and config.decoder_restore == "regenerate":
-            self.decoder_regenerator = Regenerator(dim)
-            init_linear_layers(self.decoder_regenerator)
+            self.decoder_regenerator = Regenerator(dim, residual=config.regenerator == "residual")
+            self.decoder_regenerator.reset_parameters()
 
     @property
     def clustering(self) -> bool:
@@ -420,7 +453,8 @@ class ClustViT(nn.Module):
         "scores": each patch takes the scores of its own token (kept) or its cluster's token;
         "regenerate": the decoded tokens are regenerated to every patch, then scored."""
         plan = out.plan
-        valid = plan.valid if plan.padded else None
+        mask = self.backbone.attention_mask(plan, out.reduced)  # [B, 1, 1, 1 + L]: the CLS column is not in the head
+        valid = None if mask is None else mask[:, 0, 0, 1:]
         if self.decoder_regenerator is None:
             masks = self.head(tokens=out.reduced, valid=valid)  # [B, L, C]
             return masks.gather(1, reduced_position(plan)[..., None].expand(-1, -1, masks.shape[-1]))

@@ -52,6 +52,16 @@ def single_merge(x: Tensor, ids: Tensor, k: int, keep_empty: bool | Tensor) -> t
     return torch.cat([x[kept], means[present]], dim=0), kept, present_mask
 
 
+def single_size_bias(ids: Tensor, present_mask: Tensor, k: int) -> Tensor:
+    """Proportional attention for one image (= `merge.attention_mask(..., proportional=True)`): log(patches
+    each reduced token stands for), a kept token 0, a cluster token log(members) (an empty cluster kept as a
+    zero token: 0). ids [N], present_mask [k] -> [M + P] float."""
+    one_hot = (ids[:, None] == torch.arange(1, k + 1, device=ids.device)[None]).float()  # [N, k]
+    counts = one_hot.sum(0).clamp(min=1)  # [k]
+    kept = torch.zeros_like(ids[ids == 0], dtype=torch.float32)  # [M]
+    return torch.cat([kept, counts[torch.nonzero(present_mask)[:, 0]].log()], dim=0)
+
+
 def single_regenerate(y: Tensor, x_ip: Tensor, ids: Tensor, present_mask: Tensor, regenerator: nn.Module) -> Tensor:
     """Restore every patch token of one image after the reduced blocks (= `merge.regenerate`).
 
@@ -74,6 +84,8 @@ def single_regenerate(y: Tensor, x_ip: Tensor, ids: Tensor, present_mask: Tensor
     clustered = torch.nonzero(~is_kept)[:, 0]  # [Nc]
     hidden = F.linear(x_ip[clustered], w_own) + per_cluster[ids[clustered] - 1]
     restored = regenerator.fc2(regenerator.act(hidden))  # [Nc, D]
+    if regenerator.residual:
+        restored = restored + reps[ids[clustered] - 1]
     # every grid position as a gather from [y; restored]: kept n -> its row in y, clustered n -> y rows + its rank
     table = torch.cat([y, restored.to(y.dtype)], dim=0)
     kept_rank = torch.cumsum(is_kept.long(), 0) - 1
@@ -144,10 +156,14 @@ class FusedAttention(nn.Module):
         self.qkv, self.proj, self.num_heads = attn.qkv, attn.proj, attn.num_heads
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, **_) -> Tensor:
-        if attn_mask is not None:
-            raise ConfigError("attention='ort': the one-image export graph never masks attention")
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        return self.proj(_MultiHeadAttention.apply(q, k, v, self.num_heads))
+        if attn_mask is None:
+            return self.proj(_MultiHeadAttention.apply(q, k, v, self.num_heads))
+        # a key bias (proportional attention after merging): standard ops; these blocks see the short sequence
+        B, N, D = q.shape
+        heads = lambda t: t.reshape(B, N, self.num_heads, D // self.num_heads).transpose(1, 2)  # noqa: E731
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
 def fuse_attention(model: nn.Module) -> int:
@@ -230,10 +246,12 @@ class ExportGraph(nn.Module):
             reduced, kept, present_mask = single_merge(x_ip, ids, bb.k, keep_empty)
             x = torch.cat([x[:, :1], reduced[None]], dim=1)
             decoder_merge = model.config.decoder_merge
+            bias = single_size_bias(ids, present_mask, bb.k).to(x.dtype) if bb.proportional_attention else None
+            mask = None if bias is None else torch.cat([bias.new_zeros(1), bias])[None, None, None, :]
             for i in range(bb.ip, bb.depth):
-                x = bb.blocks[i](x)
+                x = bb.blocks[i](x) if mask is None else bb.blocks[i](x, attn_mask=mask)
                 if decoder_merge and i == bb.depth - 1:  # the head runs on the merged sequence (see ClustViT)
-                    masks = self._merged_masks(bb.norm(x[0, 1:]), x_ip, ids, present_mask)  # [N, C]
+                    masks = self._merged_masks(bb.norm(x[0, 1:]), x_ip, ids, present_mask, bias)  # [N, C]
                 elif i in out_indices:
                     patches = single_regenerate(x[0, 1:], x_ip, ids, present_mask, bb.regenerator)[None]
                     features[i] = bb.norm(patches) if i == bb.depth - 1 else patches
@@ -247,11 +265,12 @@ class ExportGraph(nn.Module):
         logits = F.interpolate(logits, size=self.size, mode="bilinear", align_corners=False)
         return logits, ids.reshape(1, h, w), tokens.long()
 
-    def _merged_masks(self, y: Tensor, x_ip: Tensor, ids: Tensor, present_mask: Tensor) -> Tensor:
+    def _merged_masks(self, y: Tensor, x_ip: Tensor, ids: Tensor, present_mask: Tensor, bias: Tensor | None) -> Tensor:
         """decoder_merge (= `ClustViT._merged_masks` for one image): final-normed reduced tokens y [M + P, D]
-        -> per-patch mask scores [N, C]."""
+        -> per-patch mask scores [N, C]. `bias` [M + P]: proportional attention's key bias, or None."""
         model = self.model
+        valid = None if bias is None else bias[None]
         if model.decoder_regenerator is None:
-            return model.head(tokens=y[None])[0][single_reduced_rows(ids, present_mask)]
+            return model.head(tokens=y[None], valid=valid)[0][single_reduced_rows(ids, present_mask)]
         restore = lambda decoded: single_regenerate(decoded[0], x_ip, ids, present_mask, model.decoder_regenerator)[None]  # noqa: E731
-        return model.head(tokens=y[None], restore=restore)[0]
+        return model.head(tokens=y[None], valid=valid, restore=restore)[0]

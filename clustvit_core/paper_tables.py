@@ -44,6 +44,12 @@ QUICK_TRAIN = {"iters": 2, "batch_size": 2, "warmup_iters": 0, "val_interval": 1
 TARGET_GFLOPS_RATIO, TARGET_MIOU_LOSS, TARGET_SPEED_SHARE, TARGET_ORACLE_TOKENS = 2.5, 1.0, 0.9, 1.5
 
 
+# proportional attention and a residual Regenerator (ModelConfig): merging starts where the pretrained ViT is
+PROP = {"regenerator": "residual", "proportional_attention": True}
+# a ClustViT made from the trained ViT row: its weights as they are, only the Cluster module learns (on its loss)
+FROM_VIT = {"train_only": ["backbone.cluster_mlp"], "iters": 300, "lr": 1e-3, "warmup_iters": 0}
+
+
 @dataclass(frozen=True)
 class Row:
     label: str  # the row's name in the tables
@@ -51,6 +57,8 @@ class Row:
     overrides: dict = field(default_factory=dict)
     table: str = "main"  # main | ablation
     run: str | None = None  # its folder in OUT/runs (default: label); an ablation row equal to a Table I row shares its run
+    start: str | None = None  # label of the row whose trained weights this one starts from (train.init_from)
+    train: dict = field(default_factory=dict)  # trainer overrides of this row
 
     @property
     def folder(self) -> str:
@@ -62,6 +70,8 @@ def table_rows(ablation: bool) -> list[Row]:
         Row("vit", "cwfid_vit"),
         Row("cts", "cwfid_cts"),
         Row("clustvit_k3_ip3", "cwfid_k3_ip3"),
+        Row("clustvit_k3_ip3_prop", "cwfid_k3_ip3", PROP),
+        Row("clustvit_k3_ip3_from_vit", "cwfid_k3_ip3", PROP, start="vit", train=FROM_VIT),
         Row("clustvit_k3_ip4", "cwfid_k3_ip3", {"ip": 4}),
         Row("clustvit_k3_ip3_decmerge", "cwfid_k3_ip3_decmerge"),
         Row("clustvit_k3_ip3_decregen", "cwfid_k3_ip3_decregen"),
@@ -97,8 +107,12 @@ def train_or_reuse(row: Row, out: Path, *, quick: bool, iters: int | None, devic
         log(f"{row.label}: reusing {final}")
         return final
     cfg = load_config(row.model).replace(name=row.folder, **{**row.overrides, **(QUICK if quick else {})})
-    train_over = dict(QUICK_TRAIN) if quick else {}
-    if iters:
+    train_over = {**row.train, **(QUICK_TRAIN if quick else {})}
+    if row.start:
+        start = select_rows([row.start], True)[0]
+        train_over["init_from"] = str(train_or_reuse(start, out, quick=quick, iters=iters, device=device,
+                                                     data_root=data_root, log=log))
+    elif iters:
         train_over["iters"] = iters
     settings = TrainSettings.from_config(cfg, train_over)
     log(f"{row.label}: training {settings.iters} iterations ({cfg.kind}, head {cfg.head}) -> {work}")
@@ -202,7 +216,10 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[st
                               **evaluated[row.folder]}
     machine = machine_info(device)
     machine.update({"iterations": {row.label: _train_setting(out / "runs" / row.folder, "iters")
-                                   for row in selected if row.folder in weights},
+                                   for row in selected if row.folder in weights and not row.start},
+                    "started_from": {row.label: {"row": row.start, "iters": _train_setting(out / "runs" / row.folder, "iters"),
+                                                 "train_only": _train_setting(out / "runs" / row.folder, "train_only")}
+                                     for row in selected if row.folder in weights and row.start},
                     "pretrained": sorted({models[f].config.pretrained or "random initialization" for f in models}),
                     "seed": 0, "images": n, "quick": quick, "not_trained": missing})
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -303,6 +320,8 @@ def _machine_line(machine: dict) -> str:
     return (f"{machine['images']} CWFID test images; {machine.get('cpu_model', machine['cpu'])}, {machine['torch_threads']} "
             f"torch threads, torch {machine['torch']}" + (f", GPU {machine['gpu']}" if "gpu" in machine else "")
             + f"; {'/'.join(map(str, iters)) or '?'} training iterations per model from {', '.join(machine['pretrained'])}, seed {machine['seed']}"
+            + "".join(f"; {label}: the {s['row']} row's trained weights, then {s['iters']} iterations training only "
+                      f"{', '.join(s['train_only'] or ['everything'])}" for label, s in machine.get("started_from", {}).items())
             + (". QUICK RUN (tiny models, not results)" if machine["quick"] else ""))
 
 

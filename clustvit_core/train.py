@@ -37,7 +37,7 @@ from .evaluate import evaluate
 from .pseudo import block_purity, pseudo_clusters
 from .registry import build_model, load_config, parse_overrides
 from .pretrained import load_pretrained_backbone
-from .weights import restore_training_state, save_checkpoint, training_state
+from .weights import load_trained_start, restore_training_state, save_checkpoint, training_state
 
 OPTIMIZERS = ("sgd", "adamw")
 CLASS_WEIGHT_MODES = ("auto", "sqrt")
@@ -77,6 +77,10 @@ class TrainSettings:
     val_images: int = 100  # at most this many validation images per validation
     ckpt_interval: int = 1000
     keep_last: int = 3
+    init_from: str | None = None  # a trained model's weights (ours) to start from instead of `pretrained:`, e.g. a
+    # ClustViT from a trained ViT: its Cluster module and Regenerator start fresh (weights.load_trained_start)
+    train_only: tuple[str, ...] | None = None  # parameter-name prefixes that train, the rest frozen, e.g.
+    # [backbone.cluster_mlp]: only the Cluster module learns (its loss), on a ViT started with init_from
 
     def __post_init__(self) -> None:
         for key in ("iters", "batch_size", "log_interval", "val_interval", "ckpt_interval", "keep_last", "val_images"):
@@ -116,6 +120,13 @@ class TrainSettings:
             raise ConfigError(f"grad_clip={self.grad_clip!r}: must be a number > 0 (or null: no clipping)")
         if self.ohem_thresh is not None and not 0 < self.ohem_thresh <= 1:
             raise ConfigError(f"ohem_thresh={self.ohem_thresh}: must lie in (0, 1] (or null: plain cross-entropy)")
+        if self.init_from is not None and not isinstance(self.init_from, (str, os.PathLike)):
+            raise ConfigError(f"init_from={self.init_from!r}: give the path of a trained model's .safetensors (or null)")
+        if self.train_only is not None:
+            only = [self.train_only] if isinstance(self.train_only, str) else self.train_only
+            if not only or not all(isinstance(p, str) and p for p in only):
+                raise ConfigError(f"train_only={self.train_only!r}: give parameter-name prefixes, e.g. [backbone.cluster_mlp]")
+            object.__setattr__(self, "train_only", tuple(only))
         if not isinstance(self.ohem_min_kept, int) or self.ohem_min_kept < 0:
             raise ConfigError(f"ohem_min_kept={self.ohem_min_kept!r}: must be an integer >= 0")
 
@@ -134,6 +145,8 @@ class TrainSettings:
 
     def to_dict(self) -> dict:
         d = {**asdict(self), "scale": list(self.scale), "betas": list(self.betas)}
+        if self.train_only is not None:
+            d["train_only"] = list(self.train_only)
         if isinstance(self.class_weights, tuple):
             d["class_weights"] = list(self.class_weights)
         return d
@@ -223,6 +236,19 @@ def param_groups(model, weight_decay: float, layer_decay: float) -> list[dict]:
             "params": [], "lr_scale": layer_decay ** (depth + 1 - layer), "weight_decay": 0.0 if no_decay else weight_decay})
         group["params"].append(p)
     return [groups[key] for key in sorted(groups)]
+
+
+def freeze_except(model, prefixes: tuple[str, ...]) -> str:
+    """Freeze every parameter whose name starts with none of `prefixes`; one line saying what trains."""
+    trained = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(prefixes))
+        trained += p.numel() if p.requires_grad else 0
+    if not trained:
+        tops = sorted({n.rsplit(".", 2)[0] for n, _ in model.named_parameters()})
+        raise ConfigError(f"train_only={list(prefixes)}: no parameter of this model starts with it; e.g. {', '.join(tops[-6:])}")
+    total = sum(p.numel() for p in model.parameters())
+    return f"train_only: {trained:,} of {total:,} parameters train ({', '.join(prefixes)}), the rest is frozen"
 
 
 def build_optimizer(model, s: TrainSettings) -> torch.optim.Optimizer:
@@ -365,10 +391,14 @@ class Trainer:
         s, cfg = self.settings, self.cfg
         torch.manual_seed(s.seed)
         model = build_model(cfg)
-        if cfg.pretrained:
+        if s.init_from:
+            self.log(load_trained_start(model, s.init_from))
+        elif cfg.pretrained:
             self.log(load_pretrained_backbone(model, cfg.pretrained))
         elif self.is_main:
             self.log("no `pretrained:` checkpoint in the config: training from random initialization")
+        if s.train_only:
+            self.log(freeze_except(model, s.train_only))
         model.to(self.device).train()
         optimizer = build_optimizer(model, s)
         amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16

@@ -244,3 +244,34 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
         if v.shape != own[k].shape:
             raise WeightsError(f"{path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}; check num_classes/backbone/k")
     model.load_state_dict(sd, strict=True)
+
+
+# the modules a trained plain ViT lacks: a model that has them can start from the ViT's weights (`load_trained_start`)
+MERGING_MODULES = ("backbone.cluster_mlp.", "backbone.regenerator.", "decoder_regenerator.", "backbone.policy.")
+
+
+def load_trained_start(model: nn.Module, path: str | os.PathLike) -> str:
+    """Start `model` from another trained model of ours (e.g. a ClustViT or CTS from a trained plain ViT with the
+    same backbone and head): every tensor loads; the merging modules the file lacks (`MERGING_MODULES`) keep
+    their initialization, and merging modules the model lacks are left out. Anything else that does not fit
+    is a WeightsError. Returns one line saying what was loaded."""
+    sd = model_tensors(read_state_dict(path, what="init_from weights"))
+    if is_mmseg(sd) or is_timm_vit(sd):
+        raise WeightsError(f"init_from={path}: not a model trained here (convert mmsegmentation checkpoints first; "
+                           "an ImageNet backbone goes to `pretrained:`)")
+    key = "backbone.pos_embed"
+    if key in sd:
+        sd[key] = resize_pos_embed(sd[key], tuple(model.backbone.grid))
+    own = model.state_dict()
+    fresh = sorted(k for k in set(own) - set(sd))
+    left = sorted(k for k in set(sd) - set(own))
+    bad = [k for k in fresh + left if not k.startswith(MERGING_MODULES)]
+    bad += [k for k in set(sd) & set(own) if sd[k].shape != own[k].shape]
+    if bad:
+        raise WeightsError(f"init_from={path} does not fit this model: {sorted(bad)[:3]} (missing, unexpected or of "
+                           "another shape); start from a model with the same backbone, head and classes")
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    modules = lambda keys: sorted({k.rsplit(".", 2)[0] for k in keys})  # noqa: E731
+    return (f"started from {path}: {len(own) - len(fresh)} of {len(own)} tensors"
+            + (f"; initialized here: {', '.join(modules(fresh))}" if fresh else "")
+            + (f"; left out: {', '.join(modules(left))}" if left else ""))

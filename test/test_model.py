@@ -83,12 +83,84 @@ def test_merging_changes_the_output_and_counts_tokens():
     assert torch.equal(merged.cluster_ids, ids)
 
 
-def test_regenerator_grouped_form_equals_concat_form():
-    model = tiny_model()
+@pytest.mark.parametrize("regenerator", ["mlp", "residual"])
+def test_regenerator_grouped_form_equals_concat_form(regenerator):
+    model = tiny_model(regenerator=regenerator)
     regen = model.backbone.regenerator
+    torch.nn.init.normal_(regen.fc2.weight, std=0.1)  # a trained residual Regenerator's last layer is not zero
     own, reps = torch.randn(7, 64), torch.randn(2, 3, 64)
     b, c = torch.tensor([0, 0, 1, 1, 1, 0, 1]), torch.tensor([0, 2, 1, 1, 0, 2, 2])
     assert torch.allclose(regen(own, reps, b, c), regen.reference(own, reps[b, c]), atol=1e-5)
+
+
+def test_untrained_residual_regenerator_hands_members_their_cluster_token():
+    """regenerator=residual starts as a copy of the representative; the paper's MLP form does not."""
+    own, reps = torch.randn(5, 64), torch.randn(1, 2, 64)
+    b, c = torch.zeros(5, dtype=torch.long), torch.tensor([0, 1, 1, 0, 1])
+    residual = tiny_model(regenerator="residual").backbone.regenerator
+    assert torch.equal(residual(own, reps, b, c), reps[b, c])
+    mlp = tiny_model().backbone.regenerator
+    assert not torch.allclose(mlp(own, reps, b, c), reps[b, c], atol=1e-2)
+
+
+def _two_pattern_case(model):
+    """Position embedding zeroed and an image of two patterns (left half, right half): every patch token of a
+    pattern is identical at every layer. Cluster ids merging the left half into one cluster."""
+    model.backbone.pos_embed.data.zero_()
+    x = torch.zeros(1, 3, 64, 64)
+    x[..., :32] = 1.0
+    x[..., 32:] = torch.linspace(-1, 1, 16).repeat(2)  # a 16-px pattern, the same in every right patch
+    ids = torch.zeros(1, 4, 4, dtype=torch.long)
+    ids[0, :, :2] = 1
+    return x, ids
+
+
+@pytest.mark.parametrize("head", ["segmenter", "uper"])
+def test_proportional_attention_makes_merging_identical_tokens_exact(head):
+    """With proportional attention, one cluster token standing for m identical tokens acts as the m tokens
+    did: an untrained residual Regenerator (a copy) then gives the unmerged model's output. Plain attention
+    counts the cluster once, and the output changes."""
+    for proportional in (True, False):
+        torch.manual_seed(0)
+        model = tiny_model(head=head, uper_channels=32, regenerator="residual", proportional_attention=proportional).eval()
+        x, ids = _two_pattern_case(model)
+        with torch.no_grad():
+            merged, full = model(x, cluster_ids=ids), model(x, cluster_ids=torch.zeros_like(ids))
+        assert merged.tokens.item() == 8 + 1
+        assert torch.allclose(merged.logits, full.logits, atol=1e-5) == proportional, proportional
+
+
+def test_proportional_attention_through_the_merged_decoder():
+    torch.manual_seed(0)
+    model = tiny_model(regenerator="residual", proportional_attention=True, decoder_merge=True,
+                       decoder_restore="regenerate").eval()
+    x, ids = _two_pattern_case(model)
+    with torch.no_grad():
+        merged, full = model(x, cluster_ids=ids), model(x, cluster_ids=torch.zeros_like(ids))
+    assert torch.allclose(merged.logits, full.logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_mode", ["pad", "split"])
+def test_proportional_attention_batch_equals_each_image_alone(batch_mode):
+    model = tiny_model(proportional_attention=True, decoder_merge=True).eval()
+    model.backbone.batch_mode = batch_mode
+    x = torch.randn(3, 3, 64, 64)
+    ids = torch.randint(0, 4, (3, 4, 4))
+    ids[0] = 2
+    with torch.no_grad():
+        batch = model(x, cluster_ids=ids)
+        for i in range(3):
+            alone = model(x[i : i + 1], cluster_ids=ids[i : i + 1])
+            assert torch.allclose(batch.logits[i], alone.logits[0], atol=1e-4), i
+
+
+def test_proportional_attention_under_autocast():
+    """The float key mask follows autocast's dtype (scaled_dot_product_attention wants the query's)."""
+    model = tiny_model(proportional_attention=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, keep_bias=-0.5)
+    assert out.logits.shape == (2, 3, 64, 64) and torch.isfinite(out.logits).all()
 
 
 def test_cluster_mlp_learns_only_from_aux_loss():
@@ -160,6 +232,8 @@ def test_bad_cluster_ids_raise_clear_errors(ids, match):
         (dict(ip=4), "ip=4"),
         (dict(ip=-1), "ip=-1"),
         (dict(head="fcn"), "head='fcn'"),
+        (dict(regenerator="copy"), "regenerator='copy'.*mlp, residual"),
+        (dict(proportional_attention="yes"), "proportional_attention='yes'"),
         (dict(backbone="huge"), "backbone='huge'"),
         (dict(num_classes=0), "num_classes=0"),
         (dict(colour="red"), "unknown override"),

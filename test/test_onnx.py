@@ -27,6 +27,11 @@ VARIANTS = {
     "patch14": {"patch_size": 14, "img_size": 56},
     "decoder_merge": {"decoder_merge": True},
     "decoder_regenerate": {"decoder_merge": True, "decoder_restore": "regenerate"},
+    "residual_proportional": {"regenerator": "residual", "proportional_attention": True},
+    "zeros_proportional": {"empty_clusters": "zeros", "proportional_attention": True},
+    "decoder_proportional": {"decoder_merge": True, "proportional_attention": True},
+    "decoder_regenerate_residual_proportional": {"decoder_merge": True, "decoder_restore": "regenerate",
+                                                 "regenerator": "residual", "proportional_attention": True},
 }
 BIASES = (0.0, 1.0, -1.0, 50.0, -50.0)  # 50: nothing merged; -50: everything merged
 
@@ -50,6 +55,9 @@ def exported(tmp_path_factory):
     for name, overrides in VARIANTS.items():
         torch.manual_seed(0)
         model = tiny_model(**overrides).eval()
+        for module in model.modules():  # a trained residual Regenerator's last layer is not zero
+            if getattr(module, "residual", False):
+                torch.nn.init.normal_(module.fc2.weight, std=0.1)
         path = export_onnx(model, tmp / f"{name}.onnx")
         out[name] = (model, OnnxModel(path))
     return out
@@ -91,17 +99,21 @@ def test_nothing_clustered_equals_the_exported_plain_vit(tmp_path):
         assert float((a.logits - b.logits).abs().max()) < 1e-5
 
 
-@pytest.mark.parametrize("overrides", [{}, {"k": None, "ip": None}, {"head": "uper", "uper_channels": 16}])
+@pytest.mark.parametrize("overrides", [{}, {"k": None, "ip": None}, {"head": "uper", "uper_channels": 16},
+                                       {"proportional_attention": True}])
 def test_fused_attention_export_equals_pytorch(tmp_path, overrides):
     """attention="ort": every attention (backbone and Segmenter head blocks) becomes one
-    com.microsoft.MultiHeadAttention node; tokens and logits as with the standard graph."""
+    com.microsoft.MultiHeadAttention node; tokens and logits as with the standard graph. With proportional
+    attention the blocks after merging (short sequences, a key bias) keep standard ops."""
     import onnx
 
     model = tiny_model(**overrides).eval()
     path = export_onnx(model, tmp_path / "fused.onnx", attention="ort")
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     head_layers = model.config.head_layers if model.config.head == "segmenter" else 0
-    assert ops.count("MultiHeadAttention") == model.config.depth + head_layers and "Softmax" not in ops
+    fused_blocks = model.config.ip if model.config.proportional_attention else model.config.depth
+    assert ops.count("MultiHeadAttention") == fused_blocks + head_layers
+    assert ("Softmax" in ops) == model.config.proportional_attention
     fused = OnnxModel(path)
     assert fused.attention == "ort"
     for x in images(2, 64):

@@ -116,6 +116,25 @@ def test_stream_is_a_pure_function_of_seed_and_position():
     assert list(r0) == [[0, 1], [4, 5]] and list(r1) == [[2, 3], [6, 7]]
 
 
+def test_clustvit_from_a_trained_vit_training_only_its_cluster_module(tmp_path):
+    """init_from a trained ViT + train_only the Cluster module: the ViT's weights come over unchanged and stay
+    so (everything but the Cluster module is frozen); the Cluster module learns its loss."""
+    vit_args = [t for t in TINY if not t.startswith(("ip=", "cluster_hidden="))]
+    assert train.main(["synthetic_agri_vit", "--work-dir", str(tmp_path / "vit"), "--iters", "2", "--batch-size", "2",
+                       "--quiet", "val_interval=100", *vit_args]) == 0
+    vit = load_file(tmp_path / "vit" / "final.safetensors")
+    assert train.main(["synthetic_agri_k3_ip3", "--work-dir", str(tmp_path / "clust"), "--iters", "30", "--batch-size", "4",
+                       "--quiet", "val_interval=100", "lr=0.01", f"init_from={tmp_path / 'vit' / 'final.safetensors'}",
+                       "train_only=[backbone.cluster_mlp]", "regenerator=residual", "proportional_attention=true", *TINY]) == 0
+    clust = load_file(tmp_path / "clust" / "final.safetensors")
+    assert set(vit) < set(clust)
+    assert all(torch.equal(vit[k], clust[k]) for k in vit)
+    assert any(k.startswith("backbone.cluster_mlp.") for k in set(clust) - set(vit))
+    with (tmp_path / "clust" / "metrics.csv").open() as f:
+        cluster = [float(r["value"]) for r in csv.DictReader(f) if r["name"] == "cluster_loss"]
+    assert sum(cluster[-5:]) / 5 < 0.8 * sum(cluster[:5]) / 5
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -123,6 +142,8 @@ def test_stream_is_a_pure_function_of_seed_and_position():
         (["synthetic_agri_k3_ip3", "train.learning_rate=3"], "unknown train setting 'learning_rate'"),
         (["synthetic_agri_k3_ip3", "--iters", "0"], "iters=0"),
         (["nope_k3_ip3"], "unknown model 'nope_k3_ip3'"),
+        (["synthetic_agri_k3_ip3", "train_only=[decoder.nothing]"], "train_only=['decoder.nothing']: no parameter"),
+        (["synthetic_agri_k3_ip3", "init_from=/no/such/vit.safetensors"], "/no/such/vit.safetensors"),
     ],
 )
 def test_user_errors_are_one_line(args, message, tmp_path):

@@ -6,7 +6,7 @@ import torch
 from clustvit_core.model import resample_pos_embed
 
 import clustvit_core as cc
-from conftest import TINY, tiny_model
+from conftest import TINY, plain_twin, tiny_model
 
 
 def test_vit_keys_are_clustvit_keys_minus_cluster_and_regenerator():
@@ -92,3 +92,19 @@ def test_default_weights_are_searched_and_missing_ones_explained(tmp_path, monke
     cc.save_checkpoint(tmp_path / "cwfid_k3_ip3.safetensors", model.state_dict())
     assert cc.default_weights("cwfid_k3_ip3") == tmp_path / "cwfid_k3_ip3.safetensors"
     assert cc.build_model("cwfid_k3_ip3", weights="default", **TINY) is not None
+
+
+def test_trained_start_from_a_vit_keeps_the_merging_modules_fresh_and_refuses_misfits(tmp_path):
+    from clustvit_core.weights import load_trained_start
+
+    clust = tiny_model(regenerator="residual")
+    vit = plain_twin(tiny_model())
+    path = tmp_path / "vit.safetensors"
+    cc.save_checkpoint(path, vit.state_dict(), vit.config)
+    fresh = {k: v.clone() for k, v in clust.state_dict().items() if k.startswith("backbone.cluster_mlp.")}
+    line = load_trained_start(clust, path)
+    assert "initialized here: backbone.cluster_mlp, backbone.regenerator" in line
+    assert all(torch.equal(v, clust.state_dict()[k]) for k, v in fresh.items())
+    assert all(torch.equal(v, clust.state_dict()[k]) for k, v in vit.state_dict().items())
+    with pytest.raises(cc.WeightsError, match="does not fit this model.*same backbone, head and classes"):
+        load_trained_start(tiny_model(num_classes=5), path)
