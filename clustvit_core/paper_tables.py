@@ -2,12 +2,15 @@
 
 Trains (or reuses the checkpoints in OUT/runs/) and evaluates on CWFID test every model of
 - Table I: ViT, CTS and ClustViT (k3 ip3, k3 ip4, k3 ip3 with merging through the decoder, its masks
-  copied from the cluster tokens or regenerated), with the Segmenter head, and ViT / ClustViT k3 ip3 with
-  UPerNet;
-- the ablation (`--ablation`): k in {1..5} at ip 4 and ip in {2..6} at k 3 (7 more models: k3 ip3 and k3
-  ip4 are Table I rows);
-each from the same pretrained start with the same recipe and iterations (the registry's `_cwfid` recipe
-unless --iters says otherwise). Then it measures img/s of every model in one process (batch 1, the test
+  copied from the cluster tokens or regenerated; k3 ip3 with proportional attention and a residual
+  Regenerator, `_prop`), with the Segmenter head, and ViT / ClustViT k3 ip3 with UPerNet, each from the
+  same pretrained start with the same recipe and iterations (the registry's `_cwfid` recipe unless --iters
+  says otherwise); and ClustViT k3 ip3 made from the trained ViT row (`_from_vit`: the ViT's weights, 300
+  iterations training only the Cluster module; `_from_vit_decmerge`: the same weights merging through the
+  decoder);
+- the ablation (`--ablation`): k in {1..5} at ip 4 and ip in {2..6} at k 3, each made from the trained ViT
+  as `_from_vit` is (8 more Cluster modules of a few minutes each; k3 ip3 is the Table I row).
+Then it measures img/s of every model in one process (batch 1, the test
 images, interleaved rounds, median) and writes OUT/README.md (tables, the issue's targets met or missed,
 size-stratified recall, plots: mIoU vs GFLOPs, img/s bars, tokens per image), OUT/results.json and
 OUT/machine.json (CPU, threads, torch version, GPU if any, seeds, iterations, pretrained start).
@@ -46,8 +49,6 @@ TARGET_GFLOPS_RATIO, TARGET_MIOU_LOSS, TARGET_SPEED_SHARE, TARGET_ORACLE_TOKENS 
 
 # proportional attention and a residual Regenerator (ModelConfig): merging starts where the pretrained ViT is
 PROP = {"regenerator": "residual", "proportional_attention": True}
-# a ClustViT made from the trained ViT row: its weights as they are, only the Cluster module learns (on its loss)
-FROM_VIT = {"train_only": ["backbone.cluster_mlp"], "iters": 300, "lr": 1e-3, "warmup_iters": 0}
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,12 @@ class Row:
     table: str = "main"  # main | ablation
     run: str | None = None  # its folder in OUT/runs (default: label); an ablation row equal to a Table I row shares its run
     start: str | None = None  # label of the row whose trained weights this one starts from (train.init_from)
-    train: dict = field(default_factory=dict)  # trainer overrides of this row
+    evaluate: dict = field(default_factory=dict)  # model config overrides at evaluation (a variant of its run's weights)
+
+    @property
+    def key(self) -> str:
+        """What this row evaluates: its run, or its own variant of the run."""
+        return self.label if self.evaluate else self.folder
 
     @property
     def folder(self) -> str:
@@ -71,17 +77,22 @@ def table_rows(ablation: bool) -> list[Row]:
         Row("cts", "cwfid_cts"),
         Row("clustvit_k3_ip3", "cwfid_k3_ip3"),
         Row("clustvit_k3_ip3_prop", "cwfid_k3_ip3", PROP),
-        Row("clustvit_k3_ip3_from_vit", "cwfid_k3_ip3", PROP, start="vit", train=FROM_VIT),
+        # made from the trained ViT row: its weights as they are, only the Cluster module learns (registry entry)
+        Row("clustvit_k3_ip3_from_vit", "cwfid_k3_ip3_from_vit", start="vit"),
+        # the same weights merging through the decoder: the Cluster module's training does not depend on it
+        Row("clustvit_k3_ip3_from_vit_decmerge", "cwfid_k3_ip3_from_vit", start="vit", run="clustvit_k3_ip3_from_vit",
+            evaluate={"decoder_merge": True}),
         Row("clustvit_k3_ip4", "cwfid_k3_ip3", {"ip": 4}),
         Row("clustvit_k3_ip3_decmerge", "cwfid_k3_ip3_decmerge"),
         Row("clustvit_k3_ip3_decregen", "cwfid_k3_ip3_decregen"),
         Row("vit_uper", "cwfid_vit", {"head": "uper", "uper_channels": 256}),
         Row("clustvit_k3_ip3_uper", "cwfid_k3_ip3", {"head": "uper", "uper_channels": 256}),
     ]
-    if ablation:
-        same = {(3, 3): "clustvit_k3_ip3", (3, 4): "clustvit_k3_ip4"}
+    if ablation:  # ClustViTs made from the trained ViT (a few minutes each), so that every point fits one day
         points = [(k, 4) for k in (1, 2, 3, 4, 5)] + [(3, ip) for ip in (2, 3, 5, 6)]
-        rows += [Row(f"k{k}_ip{ip}", "cwfid_k3_ip3", {"k": k, "ip": ip}, "ablation", same.get((k, ip))) for k, ip in points]
+        rows += [Row(f"k{k}_ip{ip}", "cwfid_k3_ip3_from_vit", {"k": k, "ip": ip}, "ablation",
+                     "clustvit_k3_ip3_from_vit" if (k, ip) == (3, 3) else None, start="vit")
+                 for k, ip in points]
     return rows
 
 
@@ -107,7 +118,7 @@ def train_or_reuse(row: Row, out: Path, *, quick: bool, iters: int | None, devic
         log(f"{row.label}: reusing {final}")
         return final
     cfg = load_config(row.model).replace(name=row.folder, **{**row.overrides, **(QUICK if quick else {})})
-    train_over = {**row.train, **(QUICK_TRAIN if quick else {})}
+    train_over = dict(QUICK_TRAIN) if quick else {}
     if row.start:
         start = select_rows([row.start], True)[0]
         train_over["init_from"] = str(train_or_reuse(start, out, quick=quick, iters=iters, device=device,
@@ -194,31 +205,37 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[st
     if not weights:
         raise ConfigError(f"--budget {budget:g}: no model in {out / 'runs'} is trained yet; give a budget > 0")
     evaluated, models, oracle, parts = {}, {}, {}, {}
-    for folder, path in weights.items():
-        model = build_model(read_checkpoint_config(path), weights=path).to(device).eval()
+    for row in selected:
+        key = row.key
+        if row.folder not in weights or key in models:
+            continue
+        path = weights[row.folder]
+        model = build_model(read_checkpoint_config(path).replace(**row.evaluate), weights=path).to(device).eval()
         r = evaluate(model, dataset, max_images=n, flops_images=None, progress=False, device=device,
                      recall_exclude=[0])
-        evaluated[folder] = r.to_dict()
-        models[folder] = model
+        evaluated[key] = r.to_dict()
+        models[key] = model
         if model.config.clustering:
-            oracle[folder] = oracle_tokens(dataset, n, model.config)
-        parts[folder] = flop_parts(model, dataset, n, device)
-        log(f"{folder}: mIoU {100 * (r.miou or 0):.1f}, tokens {r.tokens.mean:.0f}, GFLOPs {r.gflops.mean:.2f}")
+            oracle[key] = oracle_tokens(dataset, n, model.config)
+        parts[key] = flop_parts(model, dataset, n, device)
+        log(f"{key}: mIoU {100 * (r.miou or 0):.1f}, tokens {r.tokens.mean:.0f}, GFLOPs {r.gflops.mean:.2f}")
     speed = measure_speed(models, [dataset[i].image for i in range(n)], 1 if quick else rounds)
     results = {}
     for row in selected:
         if row.folder not in weights:
             continue
-        cfg = models[row.folder].config
+        key = row.key
+        cfg = models[key].config
         results[row.label] = {"row": row.__dict__, "weights": str(weights[row.folder]), "kind": cfg.kind,
-                              "head": cfg.head, "img_s": speed[row.folder], "oracle_tokens": oracle.get(row.folder),
-                              "gflops_parts": parts[row.folder],
-                              **evaluated[row.folder]}
+                              "head": cfg.head, "img_s": speed[key], "oracle_tokens": oracle.get(key),
+                              "gflops_parts": parts[key],
+                              **evaluated[key]}
     machine = machine_info(device)
     machine.update({"iterations": {row.label: _train_setting(out / "runs" / row.folder, "iters")
                                    for row in selected if row.folder in weights and not row.start},
                     "started_from": {row.label: {"row": row.start, "iters": _train_setting(out / "runs" / row.folder, "iters"),
-                                                 "train_only": _train_setting(out / "runs" / row.folder, "train_only")}
+                                                 "train_only": _train_setting(out / "runs" / row.folder, "train_only"),
+                                                 "evaluate": row.evaluate}
                                      for row in selected if row.folder in weights and row.start},
                     "pretrained": sorted({models[f].config.pretrained or "random initialization" for f in models}),
                     "seed": 0, "images": n, "quick": quick, "not_trained": missing})
@@ -321,7 +338,9 @@ def _machine_line(machine: dict) -> str:
             f"torch threads, torch {machine['torch']}" + (f", GPU {machine['gpu']}" if "gpu" in machine else "")
             + f"; {'/'.join(map(str, iters)) or '?'} training iterations per model from {', '.join(machine['pretrained'])}, seed {machine['seed']}"
             + "".join(f"; {label}: the {s['row']} row's trained weights, then {s['iters']} iterations training only "
-                      f"{', '.join(s['train_only'] or ['everything'])}" for label, s in machine.get("started_from", {}).items())
+                      f"{', '.join(s['train_only'] or ['everything'])}"
+                      + "".join(f", evaluated with {k}={json.dumps(v)}" for k, v in (s.get("evaluate") or {}).items())
+                      for label, s in machine.get("started_from", {}).items())
             + (". QUICK RUN (tiny models, not results)" if machine["quick"] else ""))
 
 
@@ -331,7 +350,7 @@ def report(results: dict, machine: dict, plots: list[str]) -> str:
     lines = ["# ClustViT vs ViT vs CTS on CWFID test", "", _machine_line(machine) + ".", ""]
     if machine["not_trained"]:
         lines += [f"Not trained yet (left out): {', '.join(machine['not_trained'])}.", ""]
-    for which, title in (("main", "Table I"), ("ablation", "Ablation (k at ip 4, ip at k 3)")):
+    for which, title in (("main", "Table I"), ("ablation", "Ablation (k at ip 4, ip at k 3; ClustViTs made from the trained ViT)")):
         labels = [k for k, v in results.items() if v["row"]["table"] == which]
         if labels:
             lines += [f"## {title}", ""] + table(results, labels, names) + [""]
@@ -442,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results/)")
     parser.add_argument("--quick", action="store_true", help="tiny models, 2 iterations, 2 images: checks the pipeline")
-    parser.add_argument("--ablation", action="store_true", help="also the k / ip ablation rows (7 more models)")
+    parser.add_argument("--ablation", action="store_true", help="also the k / ip ablation rows (8 more Cluster modules on the ViT)")
     parser.add_argument("--rows", nargs="+", metavar="LABEL", default=None,
                         help="only these rows (Table I or ablation labels, e.g. vit cts clustvit_k3_ip3)")
     parser.add_argument("--budget", type=float, default=None, metavar="MINUTES",

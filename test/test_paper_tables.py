@@ -25,9 +25,17 @@ def test_quick_run_writes_tables_and_reuses_checkpoints(tmp_path, capsys):
     assert "## Where the FLOPs go" in readme and "## Targets" in readme and "than the ViT at ≤ 1.0 mIoU loss: **" in readme and "oracle's tokens" in readme
     assert all(r["oracle_tokens"] > 0 for r in results.values() if r["kind"] == "clustvit")
     assert (tmp_path / "tokens.png").is_file()
+    # a ClustViT made from the trained ViT row (its weights, only the Cluster module trained), and the same
+    # weights merging through the decoder: same tokens, fewer head FLOPs
+    made, dec = results["clustvit_k3_ip3_from_vit"], results["clustvit_k3_ip3_from_vit_decmerge"]
+    assert made["weights"] == dec["weights"] and made["tokens"] == dec["tokens"]
+    assert dec["gflops_parts"]["head"] < made["gflops_parts"]["head"]
+    assert ("clustvit_k3_ip3_from_vit_decmerge: the vit row's trained weights, then 2 iterations training only "
+            "backbone.cluster_mlp, evaluated with decoder_merge=true") in readme
     capsys.readouterr()
     assert paper_tables.main(["--out", str(tmp_path), "--quick", "--data-root", str(CWFID)]) == 0
-    assert capsys.readouterr().out.count("reusing") == len(results)  # a second run trains nothing
+    folders = {r.folder for r in paper_tables.table_rows(ablation=False)}
+    assert capsys.readouterr().out.count("reusing") == len(folders) < len(results)  # a second run trains nothing
 
 
 @pytest.mark.skipif(not CWFID.is_dir(), reason="CWFID not in ../shared/data/cwfid")
@@ -40,14 +48,14 @@ def test_rows_budget_and_readme_section(tmp_path, capsys):
     args = ["--out", str(out), "--quick", "--data-root", str(CWFID)]
     assert paper_tables.main(args + ["--rows", "vit", "k3_ip3", "--update-readme", str(readme)]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"vit", "k3_ip3"} and (out / "runs" / "clustvit_k3_ip3" / "final.safetensors").is_file()
+    assert set(results) == {"vit", "k3_ip3"} and (out / "runs" / "clustvit_k3_ip3_from_vit" / "final.safetensors").is_file()
     text = readme.read_text()
     assert "old" not in text and "| vit | vit | segmenter |" in text and "paper_tables --out" in text
     capsys.readouterr()
-    assert paper_tables.main(args + ["--rows", "vit", "clustvit_k3_ip3", "cts", "--budget", "0"]) == 0
+    assert paper_tables.main(args + ["--rows", "vit", "clustvit_k3_ip3_from_vit", "cts", "--budget", "0"]) == 0
     captured = capsys.readouterr().out
     assert captured.count("reusing") == 2 and "not trained yet (run again to go on): cts" in captured
-    assert set(json.loads((out / "results.json").read_text())) == {"vit", "clustvit_k3_ip3"}
+    assert set(json.loads((out / "results.json").read_text())) == {"vit", "clustvit_k3_ip3_from_vit"}
     assert "Not trained yet (left out): cts" in (out / "README.md").read_text()
     with pytest.raises(SystemExit):
         paper_tables.main(args + ["--rows", "vit", "swin"])
@@ -56,4 +64,4 @@ def test_rows_budget_and_readme_section(tmp_path, capsys):
         paper_tables.main(["--out", str(tmp_path / "empty"), "--quick", "--data-root", str(CWFID), "--budget", "0"])
     assert "no model in" in capsys.readouterr().err
     assert [r.folder for r in paper_tables.table_rows(True) if r.label in ("k3_ip3", "k3_ip4")] == \
-        ["clustvit_k3_ip4", "clustvit_k3_ip3"]
+        ["k3_ip4", "clustvit_k3_ip3_from_vit"]
