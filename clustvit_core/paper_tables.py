@@ -332,15 +332,23 @@ def table(results: dict, labels: list[str], names: list[str]) -> list[str]:
     return lines
 
 
+def _started_from(machine: dict) -> dict[str, list[str]]:
+    """{how a row was made from another row's weights: [labels]}, rows made alike grouped."""
+    groups: dict[str, list[str]] = {}
+    for label, s in machine.get("started_from", {}).items():
+        how = (f"the {s['row']} row's trained weights, then {s['iters']} iterations training only "
+               f"{', '.join(s['train_only'] or ['everything'])}"
+               + "".join(f", evaluated with {k}={json.dumps(v)}" for k, v in (s.get("evaluate") or {}).items()))
+        groups.setdefault(how, []).append(label)
+    return groups
+
+
 def _machine_line(machine: dict) -> str:
     iters = sorted({v for v in machine["iterations"].values() if v is not None})
     return (f"{machine['images']} CWFID test images; {machine.get('cpu_model', machine['cpu'])}, {machine['torch_threads']} "
             f"torch threads, torch {machine['torch']}" + (f", GPU {machine['gpu']}" if "gpu" in machine else "")
             + f"; {'/'.join(map(str, iters)) or '?'} training iterations per model from {', '.join(machine['pretrained'])}, seed {machine['seed']}"
-            + "".join(f"; {label}: the {s['row']} row's trained weights, then {s['iters']} iterations training only "
-                      f"{', '.join(s['train_only'] or ['everything'])}"
-                      + "".join(f", evaluated with {k}={json.dumps(v)}" for k, v in (s.get("evaluate") or {}).items())
-                      for label, s in machine.get("started_from", {}).items())
+            + "".join(f"; {', '.join(labels)}: {how}" for how, labels in _started_from(machine).items())
             + (". QUICK RUN (tiny models, not results)" if machine["quick"] else ""))
 
 
@@ -400,11 +408,15 @@ def write_plots(results: dict, out: Path) -> list[str]:
         plt.close(fig)
         paths.append(str(out / name))
 
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    for label, r in results.items():
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for label, r in results.items():  # Table I rows named; ablation points small and grey (their own plot names them)
         marker = {"vit": "s", "cts": "^", "clustvit": "o"}[r["kind"]]
-        ax.scatter(r["gflops"]["mean"], 100 * (r["miou"] or 0), marker=marker)
-        ax.annotate(label, (r["gflops"]["mean"], 100 * (r["miou"] or 0)), fontsize=7)
+        xy = (r["gflops"]["mean"], 100 * (r["miou"] or 0))
+        if r["row"]["table"] == "main":
+            ax.scatter(*xy, marker=marker, label=label)
+        else:
+            ax.scatter(*xy, marker=marker, s=12, color="0.6", zorder=0)
+    ax.legend(fontsize=7, loc="lower right")
     ax.set_xlabel("GFLOPs per image")
     ax.set_ylabel("mIoU (%)")
     ax.set_title("CWFID test: accuracy vs compute")
