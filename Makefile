@@ -66,11 +66,12 @@ paper-tables: $(STAMP)
 	$(PY) -m clustvit_core.paper_tables --out results --data-root ../shared/data/cwfid --update-readme README.md $(PAPER_ARGS)
 
 # The real-data version of the main job: a rosbag of the 21 CWFID test images (full 1296x966 frames, 1 Hz) through
-# the node with the trained ClustViT (make train-cwfid first): mIoU, latency, tokens (README section ros-cwfid).
+# the node with the ClustViT made from the trained ViT, merging through the decoder (make train-cwfid first): mIoU,
+# latency, tokens (README section ros-cwfid).
 evaluate-cwfid-bag: $(ROS_STAMP)
 	rm -rf out/bags/cwfid_test
 	$(PY) -m clustvit_ros.make_bag out/bags/cwfid_test --dataset cwfid:test --rate 1
-	$(PY) -m clustvit_ros.evaluate_bag out/bags/cwfid_test --model cwfid_k3_ip3 --device cpu --threads 2 --gt-topic /labels --json out/eval/cwfid_bag.json --quiet --update-readme README.md --readme-section ros-cwfid
+	$(PY) -m clustvit_ros.evaluate_bag out/bags/cwfid_test --model cwfid_k3_ip3_from_vit_decmerge --device cpu --threads 2 --gt-topic /labels --json out/eval/cwfid_bag.json --quiet --update-readme README.md --readme-section ros-cwfid
 
 # The README's CWFID accuracy table: both trained models on the 21 test images at 784x588, one table.
 evaluate-cwfid: $(STAMP)

@@ -7,7 +7,7 @@ Trains (or reuses the checkpoints in OUT/runs/) and evaluates on CWFID test ever
   same pretrained start with the same recipe and iterations (the registry's `_cwfid` recipe unless --iters
   says otherwise); and ClustViT k3 ip3 made from the trained ViT row (`_from_vit`: the ViT's weights, 300
   iterations training only the Cluster module; `_from_vit_decmerge`: the same weights merging through the
-  decoder);
+  decoder; `clustvit_k3_ip2_from_vit_decmerge`: the ablation's ip 2 point merging through the decoder);
 - the ablation (`--ablation`): k in {1..5} at ip 4 and ip in {2..6} at k 3, each made from the trained ViT
   as `_from_vit` is (8 more Cluster modules of a few minutes each; k3 ip3 is the Table I row).
 Then it measures img/s of every model in one process (batch 1, the test
@@ -81,6 +81,9 @@ def table_rows(ablation: bool) -> list[Row]:
         Row("clustvit_k3_ip3_from_vit", "cwfid_k3_ip3_from_vit", start="vit"),
         # the same weights merging through the decoder: the Cluster module's training does not depend on it
         Row("clustvit_k3_ip3_from_vit_decmerge", "cwfid_k3_ip3_from_vit", start="vit", run="clustvit_k3_ip3_from_vit",
+            evaluate={"decoder_merge": True}),
+        # the ablation's ip 2 point (its run) merging through the decoder: the most merging at the ViT's accuracy
+        Row("clustvit_k3_ip2_from_vit_decmerge", "cwfid_k3_ip3_from_vit", {"ip": 2}, start="vit", run="k3_ip2",
             evaluate={"decoder_merge": True}),
         Row("clustvit_k3_ip4", "cwfid_k3_ip3", {"ip": 4}),
         Row("clustvit_k3_ip3_decmerge", "cwfid_k3_ip3_decmerge"),

@@ -1,7 +1,8 @@
 """The registry of named models: one YAML file per name under config/models/.
 
 A YAML file may name a `base:` file (files starting with `_` hold shared dataset settings and are
-not listed as models). The trainer, the evaluator, the benchmark and the ROS node all build models
+not listed as models); its settings override the base's, its `train:` mapping key by key (a model that
+changes the learning rate keeps the rest of the dataset's recipe). The trainer, the evaluator, the benchmark and the ROS node all build models
 through `build_model`, so a name means the same network everywhere.
 """
 from __future__ import annotations
@@ -88,7 +89,12 @@ def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not base_path.is_file():
         raise ConfigError(f"{path}: base {base!r} not found (expected {base_path})")
     merged = _resolve(base_path, seen + (path,))
+    train = data.pop("train", None)
     merged.update(data)
+    if isinstance(train, dict) and isinstance(merged.get("train"), dict):
+        merged["train"] = {**merged["train"], **train}
+    elif train is not None:
+        merged["train"] = train
     return merged
 
 

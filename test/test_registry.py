@@ -49,3 +49,14 @@ def test_yaml_path_and_unknown_setting(tmp_path):
     bad.write_text("num_classes: 2\nbackbone: tiny\nlearning_rate: 3\n")
     with pytest.raises(cc.ConfigError, match=r"unknown setting\(s\) \['learning_rate'\]"):
         cc.load_config(bad)
+
+
+def test_train_settings_inherit_key_by_key(tmp_path):
+    """A model's `train:` overrides its base's recipe key by key: the rest of the recipe stays."""
+    (tmp_path / "_data.yaml").write_text("num_classes: 2\nbackbone: tiny\ntrain:\n  optimizer: adamw\n  lr: 1.0e-4\n  crop_size: 64\n")
+    (tmp_path / "mine.yaml").write_text("base: _data\nk: 2\nip: 1\ntrain:\n  lr: 1.0e-3\n")
+    assert dict(cc.load_config(tmp_path / "mine.yaml").train) == {"optimizer": "adamw", "lr": 1e-3, "crop_size": 64}
+    from clustvit_core.train import TrainSettings
+
+    made = TrainSettings.from_config(cc.load_config("cwfid_k3_ip3_from_vit"))  # _cwfid's recipe, its own lr and iterations
+    assert (made.optimizer, made.crop_size, made.lr, made.iters, made.train_only) == ("adamw", 392, 1e-3, 300, ("backbone.cluster_mlp",))
