@@ -122,7 +122,7 @@ class Regenerator(nn.Module):
 
     Linear(2D->D) -> GELU -> Linear(D->D). `residual=False` (the paper's): the MLP's output is the token.
     `residual=True`: representative + the MLP's output, with the last layer initialized to zero
-    (`reset_parameters`), so that before training every member gets its cluster's token. `forward`
+    (`zero_residual`), so that before training every member gets its cluster's token. `forward`
     computes the representative half of the first layer once per cluster instead of once per member
     (same result, fewer FLOPs); `reference` is the literal concat form.
     """
@@ -137,8 +137,8 @@ class Regenerator(nn.Module):
         self.zero_residual()
 
     def zero_residual(self) -> None:
-        """Residual: the last layer's weight to zero (restoring = copying the representative); draws no
-        random numbers, so that models without it initialize exactly as before."""
+        """Residual: the last layer to zero (restoring = copying the representative); draws no random
+        numbers, so that models without it initialize exactly as before."""
         if self.residual:
             nn.init.zeros_(self.fc2.weight)
             nn.init.zeros_(self.fc2.bias)
