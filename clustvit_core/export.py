@@ -117,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-images", type=int, default=CHECK_IMAGES,
                         help=f"images per check source (the model's dataset if found, synthetic scenes) (default {CHECK_IMAGES})")
     parser.add_argument("--data-root", default=None, help="dataset folder for the check images")
-    parser.add_argument("--model", default=None, help="registry name, when the input holds no config")
+    parser.add_argument("--model", default=None,
+                        help="registry name whose config replaces the one stored with the weights (needed when the input "
+                        "holds none), e.g. cwfid_k3_ip3_from_vit_decmerge for a cwfid_k3_ip3_from_vit file: the same "
+                        "weights, the head on the merged sequence")
     args = parser.parse_args(argv)
     with cli_errors("clustvit_core.export"):
         if args.onnx or args.output.suffix == ".onnx":
