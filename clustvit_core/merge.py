@@ -187,8 +187,7 @@ def attention_mask(plan: MergePlan, prefix: int = 1, proportional: bool = False)
     """
     B = plan.valid.shape[0]
     if proportional:
-        sizes = token_sizes(plan)
-        bias = torch.where(plan.valid, sizes.clamp(min=1).log(), torch.full_like(sizes, float("-inf")))
+        bias = token_sizes(plan).log()  # padding: log 0 = -inf
         return torch.cat([bias.new_zeros(B, prefix), bias], dim=1)[:, None, None, :]
     if not plan.padded:
         return None

@@ -29,7 +29,7 @@ from .heads import UPerHead
 from .model import ClustViT
 
 
-def single_merge(x: Tensor, ids: Tensor, k: int, keep_empty: bool | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def single_merge(x: Tensor, ids: Tensor, k: int, keep_empty: bool | Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Reduce one image's patch tokens.
 
     Args:
@@ -37,7 +37,7 @@ def single_merge(x: Tensor, ids: Tensor, k: int, keep_empty: bool | Tensor) -> t
         keep_empty: every cluster enters the sequence, an empty one as a zero token (the authors' forward);
             a bool or a bool tensor [].
     Returns:
-        reduced [M + P, D], kept [M] long, present_mask [k] bool.
+        reduced [M + P, D], kept [M] long, present_mask [k] bool, counts [k] (members per cluster, x's dtype).
     """
     kept = torch.nonzero(ids == 0)[:, 0]
     one_hot = (ids[:, None] == torch.arange(1, k + 1, device=ids.device)[None]).to(x.dtype)  # [N, k]
@@ -49,17 +49,15 @@ def single_merge(x: Tensor, ids: Tensor, k: int, keep_empty: bool | Tensor) -> t
     elif keep_empty:
         present_mask = torch.ones_like(present_mask)
     present = torch.nonzero(present_mask)[:, 0]
-    return torch.cat([x[kept], means[present]], dim=0), kept, present_mask
+    return torch.cat([x[kept], means[present]], dim=0), kept, present_mask, counts
 
 
-def single_size_bias(ids: Tensor, present_mask: Tensor, k: int) -> Tensor:
+def single_size_bias(kept: Tensor, present_mask: Tensor, counts: Tensor) -> Tensor:
     """Proportional attention for one image (= `merge.attention_mask(..., proportional=True)`): log(patches
     each reduced token stands for), a kept token 0, a cluster token log(members) (an empty cluster kept as a
-    zero token: 0). ids [N], present_mask [k] -> [M + P] float."""
-    one_hot = (ids[:, None] == torch.arange(1, k + 1, device=ids.device)[None]).float()  # [N, k]
-    counts = one_hot.sum(0).clamp(min=1)  # [k]
-    kept = torch.zeros_like(ids[ids == 0], dtype=torch.float32)  # [M]
-    return torch.cat([kept, counts[torch.nonzero(present_mask)[:, 0]].log()], dim=0)
+    zero token: 0). kept [M], present_mask [k], counts [k] as `single_merge` returns them -> [M + P]."""
+    present = torch.nonzero(present_mask)[:, 0]
+    return torch.cat([counts.new_zeros(kept.shape), counts[present].clamp(min=1).log()], dim=0)
 
 
 def single_regenerate(y: Tensor, x_ip: Tensor, ids: Tensor, present_mask: Tensor, regenerator: nn.Module) -> Tensor:
@@ -243,10 +241,10 @@ class ExportGraph(nn.Module):
                 single_id = (ids == ids[0]).all()
                 ids = torch.where(single_id, torch.zeros_like(ids), ids)
                 keep_empty = ~single_id
-            reduced, kept, present_mask = single_merge(x_ip, ids, bb.k, keep_empty)
+            reduced, kept, present_mask, counts = single_merge(x_ip, ids, bb.k, keep_empty)
             x = torch.cat([x[:, :1], reduced[None]], dim=1)
             decoder_merge = model.config.decoder_merge
-            bias = single_size_bias(ids, present_mask, bb.k).to(x.dtype) if bb.proportional_attention else None
+            bias = single_size_bias(kept, present_mask, counts).to(x.dtype) if bb.proportional_attention else None
             mask = None if bias is None else torch.cat([bias.new_zeros(1), bias])[None, None, None, :]
             for i in range(bb.ip, bb.depth):
                 x = bb.blocks[i](x) if mask is None else bb.blocks[i](x, attn_mask=mask)

@@ -2,8 +2,9 @@
 
 A YAML file may name a `base:` file (files starting with `_` hold shared dataset settings and are
 not listed as models); its settings override the base's, its `train:` mapping key by key (a model that
-changes the learning rate keeps the rest of the dataset's recipe). The trainer, the evaluator, the benchmark and the ROS node all build models
-through `build_model`, so a name means the same network everywhere.
+changes the learning rate keeps the rest of the dataset's recipe). The trainer, the evaluator, the
+benchmark and the ROS node all build models through `build_model`, so a name means the same network
+everywhere.
 """
 from __future__ import annotations
 

@@ -67,16 +67,18 @@ def _measure(args) -> str:
     from clustvit_core.weights import load_trained_start
 
     torch.set_num_threads(args.threads)
-    path = default_weights(load_config("cwfid_vit")) if args.weights == "default" else Path(args.weights)
+    vit = load_config("cwfid_vit")
+    path = default_weights(vit) if args.weights == "default" else Path(args.weights)
     dataset = build_dataset("cwfid", "test", args.data_root)
     n = min(args.num_images or len(dataset), len(dataset))
     rows = [("ViT, nothing merged", None, False), ("oracle clusters, plain attention", "oracle", False),
             ("oracle clusters, proportional attention", "oracle", True)]
-    lines = [f"{n} CWFID test images at 784x588; {path.name} (the trained ViT) in a ClustViT k3 ip{args.ip} with an "
+    h, w = vit.data.input_size
+    lines = [f"{n} CWFID test images at {w}x{h}; {path.name} (the trained ViT) in a ClustViT k3 ip{args.ip} with an "
              "untrained residual Regenerator (a copy); no training", "",
              "| rows | tokens / image | mIoU | soil | crop | weed |", "|---|---|---|---|---|---|"]
     for label, clusters, proportional in rows:
-        cfg = load_config("cwfid_vit").replace(k=3, ip=args.ip, regenerator="residual", proportional_attention=proportional)
+        cfg = vit.replace(k=3, ip=args.ip, regenerator="residual", proportional_attention=proportional)
         model = build_model(cfg)
         load_trained_start(model, path)
         model.eval()
