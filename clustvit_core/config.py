@@ -89,7 +89,9 @@ class ModelConfig:
     proportional_attention (after merging, each token's attention logit gets + log(patches it stands for),
     as ToMe does: a cluster token weighs in the attention as its members did, in the blocks and the merged
     decoder; measured on CWFID: a trained ViT run with oracle clusters keeps its accuracy, issue 10),
-    head (segmenter | uper), head_layers, uper_indices, uper_channels, drop_path_rate.
+    head (segmenter | uper), head_layers, uper_indices, uper_channels, drop_path_rate,
+    refine_channels (0: off; else the width of a DetailRefiner, a small convolution stack on the input pixels
+    and the upsampled class scores that sharpens plant edges finer than a patch; heads.DetailRefiner).
     Classes: num_classes, class_names, palette (RGB per class).
     Input: mean, std (RGB, 0-255 scale).
     Provenance and training: name, dataset (data registry name), weights (trained weights file name),
@@ -123,6 +125,7 @@ class ModelConfig:
     uper_indices: tuple[int, ...] | None = None
     uper_channels: int = 512
     drop_path_rate: float = 0.0
+    refine_channels: int = 0
     weights: str | None = None
     pretrained: str | None = None
     train: Mapping[str, Any] = field(default_factory=dict)
@@ -197,6 +200,9 @@ class ModelConfig:
             raise ConfigError(f"{where}: regenerator={self.regenerator!r}; choose one of {', '.join(REGENERATORS)}")
         if not isinstance(self.proportional_attention, bool):
             raise ConfigError(f"{where}: proportional_attention={self.proportional_attention!r}; use true or false")
+        if not _is_int(self.refine_channels) or self.refine_channels < 0:
+            raise ConfigError(f"{where}: refine_channels={self.refine_channels!r}; use 0 (no refiner) or a width such as 16")
+        set_("refine_channels", int(self.refine_channels))
         if self.uper_indices is not None:
             set_("uper_indices", tuple(int(i) for i in self.uper_indices))
         set_("train", dict(self.train or {}))

@@ -19,7 +19,7 @@ def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
 _CUSTOM = {_aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
 
 # Breakdown groups: name -> submodule path prefix of a ClustViT.
-PARTS = {"backbone": "backbone", "cluster": "backbone.cluster_mlp", "regenerator": "backbone.regenerator", "head": "head"}
+PARTS = {"backbone": "backbone", "cluster": "backbone.cluster_mlp", "regenerator": "backbone.regenerator", "head": "head", "refiner": "refiner"}
 
 
 def _count(model: nn.Module, images: Tensor, **forward_kwargs) -> FlopCounterMode:

@@ -1,4 +1,5 @@
-"""Segmentation heads that read [B, D, h, w] token maps: Segmenter's mask transformer and UPerNet.
+"""Segmentation heads that read [B, D, h, w] token maps: Segmenter's mask transformer and UPerNet; and the
+DetailRefiner, which sharpens their upsampled class scores with the input image's own pixels.
 
 Attribute names follow mmsegmentation's `SegmenterMaskTransformerHead` and `UPerHead`
 (`dec_proj`, `cls_emb`, `decoder_norm`, ...; `lateral_convs.N.conv/bn`, `psp_modules.N.1.conv/bn`, ...)
@@ -195,3 +196,39 @@ class UPerHead(nn.Module):
         outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals)] + [laterals[-1]]
         outs = [_resize(o, outs[0].shape[-2:]) for o in outs]
         return self.conv_seg(self.dropout(self.fpn_bottleneck(torch.cat(outs, dim=1))))
+
+
+class DetailRefiner(nn.Module):
+    """Pixel-level refinement of patch-level class scores: a small convolution stack reads the normalized
+    image and the head's bilinearly upsampled logits and adds a correction to the logits.
+
+    A head scores 14x14 or 16x16 patches; thin leaves and seedlings narrower than a patch get their
+    patch's majority class however good the features are (on the synthetic scenes a per-patch oracle
+    reaches 0.40 mIoU at 224x224, weed IoU 0.0; a per-pixel one 0.96). The refiner sees every input
+    pixel's colour next to its patch's scores, so it can move a leaf's edge inside a patch. The last
+    convolution starts at zero: an untrained refiner returns the head's logits unchanged, so a trained model
+    keeps working when one is added (`init_from`). About 5.5 k multiply-adds per pixel at width 16 (0.55
+    GFLOPs at 224x224, 5 at 784x588; about 8 ms at 224x224 on two CPU threads).
+
+        images [B, 3, H, W] (normalized), logits [B, C, H, W] -> logits + correction [B, C, H, W]
+    """
+
+    def __init__(self, num_classes: int, channels: int = 16, in_chans: int = 3):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(in_chans + num_classes, channels, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=2, dilation=2), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, num_classes, 1),
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.convs:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.convs[-1].weight)
+
+    def forward(self, images: Tensor, logits: Tensor) -> Tensor:
+        return logits + self.convs(torch.cat([images.to(logits.dtype), logits], dim=1))

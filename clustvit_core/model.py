@@ -18,7 +18,7 @@ from .config import BACKBONES, ModelConfig
 from .merge import MergePlan, assign_clusters, attention_mask, merge_tokens, plan_merge, reduced_position, regenerate
 from .share import group_positions, group_tokens, groups_to_share, plan_sharing, share_tokens, unshare_tokens
 from .errors import ConfigError, InputError
-from .heads import SegmenterHead, UPerHead, init_linear_layers
+from .heads import DetailRefiner, SegmenterHead, UPerHead, init_linear_layers
 
 SPLIT_MIN_TOKENS = 128  # see ClustViTBackbone.split_batches
 
@@ -405,6 +405,7 @@ class ClustViT(nn.Module):
         if config.decoder_merge and config.decoder_restore == "regenerate":
             self.decoder_regenerator = Regenerator(dim, residual=config.regenerator == "residual")
             self.decoder_regenerator.reset_parameters()
+        self.refiner = DetailRefiner(config.num_classes, config.refine_channels) if config.refine_channels else None
 
     @property
     def clustering(self) -> bool:
@@ -445,7 +446,10 @@ class ClustViT(nn.Module):
             logits = self._merged_masks(out).transpose(1, 2).reshape(images.shape[0], -1, images.shape[-2] // p, images.shape[-1] // p)
         else:
             logits = self.head(out.features)
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        if self.refiner is not None:
+            logits = self.refiner(images, logits)
+        logits = logits[..., :H, :W]
         return ClustViTOutput(logits, out.cluster_ids, out.cluster_logits, out.tokens, out.policy_logits)
 
     def _merged_masks(self, out: BackboneOutput) -> Tensor:

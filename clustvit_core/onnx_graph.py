@@ -261,6 +261,8 @@ class ExportGraph(nn.Module):
         else:
             logits = masks.t().reshape(1, -1, h, w)
         logits = F.interpolate(logits, size=self.size, mode="bilinear", align_corners=False)
+        if model.refiner is not None:
+            logits = model.refiner(image, logits)
         return logits, ids.reshape(1, h, w), tokens.long()
 
     def _merged_masks(self, y: Tensor, x_ip: Tensor, ids: Tensor, present_mask: Tensor, bias: Tensor | None) -> Tensor:

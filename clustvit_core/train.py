@@ -214,7 +214,7 @@ def poly_lr(it: int, iters: int, lr: float, min_lr: float, power: float, warmup_
 def layer_index(name: str, depth: int) -> int:
     """Depth of a parameter for layer-wise lr decay: 0 for the patch/position/CLS embeddings, i + 1 for
     `backbone.blocks.i`, depth + 1 for everything learned from scratch on top (final norm, Cluster MLP,
-    Regenerator, head)."""
+    Regenerator, head, refiner)."""
     if name.startswith(("backbone.patch_embed.", "backbone.pos_embed", "backbone.cls_token")):
         return 0
     if name.startswith("backbone.blocks."):

@@ -246,14 +246,15 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     model.load_state_dict(sd, strict=True)
 
 
-# the modules a trained plain ViT lacks: a model that has them can start from the ViT's weights (`load_trained_start`)
-MERGING_MODULES = ("backbone.cluster_mlp.", "backbone.regenerator.", "decoder_regenerator.", "backbone.policy.")
+# the modules a trained plain ViT lacks (the merging modules, the pixel refiner): a model that has them can start
+# from the ViT's weights (`load_trained_start`), and they keep their initialization
+ADDED_MODULES = ("backbone.cluster_mlp.", "backbone.regenerator.", "decoder_regenerator.", "backbone.policy.", "refiner.")
 
 
 def load_trained_start(model: nn.Module, path: str | os.PathLike) -> str:
     """Start `model` from another trained model of ours (e.g. a ClustViT or CTS from a trained plain ViT with the
-    same backbone and head): every tensor loads; the merging modules the file lacks (`MERGING_MODULES`) keep
-    their initialization, and merging modules the model lacks are left out. Anything else that does not fit
+    same backbone and head): every tensor loads; the added modules the file lacks (`ADDED_MODULES`: merging modules, the refiner)
+    keep their initialization, and added modules the model lacks are left out. Anything else that does not fit
     is a WeightsError. Returns one line saying what was loaded."""
     sd = model_tensors(read_state_dict(path, what="init_from weights"))
     if is_mmseg(sd) or is_timm_vit(sd):
@@ -265,7 +266,7 @@ def load_trained_start(model: nn.Module, path: str | os.PathLike) -> str:
     own = model.state_dict()
     fresh = sorted(k for k in set(own) - set(sd))
     left = sorted(k for k in set(sd) - set(own))
-    bad = [k for k in fresh + left if not k.startswith(MERGING_MODULES)]
+    bad = [k for k in fresh + left if not k.startswith(ADDED_MODULES)]
     bad += [k for k in set(sd) & set(own) if sd[k].shape != own[k].shape]
     if bad:
         raise WeightsError(f"init_from={path} does not fit this model: {sorted(bad)[:3]} (missing, unexpected or of "

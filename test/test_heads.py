@@ -120,3 +120,75 @@ def test_loaded_weights_give_the_mmseg_forward():
         out = fresh(x)
         assert torch.equal(out, mmseg(x))
         assert out.abs().max() <= math.sqrt(2) + 1e-4
+
+
+# ------------------------------------------------------------------------------------ DetailRefiner
+
+def test_fresh_refiner_returns_the_logits():
+    from clustvit_core.heads import DetailRefiner
+
+    torch.manual_seed(0)
+    images, logits = torch.randn(2, 3, 20, 24), torch.randn(2, 4, 20, 24)
+    assert torch.equal(DetailRefiner(4, channels=8)(images, logits), logits)
+
+
+def test_refiner_recovers_structure_finer_than_a_patch():
+    """Thin one-pixel lines of their own colour: patch-level scores (8x8 patches, upsampled) call every pixel
+    background; the refiner, reading the pixels, learns the lines in a few hundred steps."""
+    from clustvit_core.heads import DetailRefiner
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(8, 3, 32, 32, generator=g) * 0.2
+    labels = torch.zeros(8, 32, 32, dtype=torch.long)
+    for i in range(8):
+        rows = torch.randperm(32, generator=g)[:3]
+        labels[i, rows] = 1
+        images[i, 1, rows] += 1.5  # a line is greener than the background
+    patch_share = F.avg_pool2d(F.one_hot(labels, 2).permute(0, 3, 1, 2).float(), 8)
+    coarse = F.interpolate(4 * (patch_share - 0.5), size=(32, 32), mode="bilinear", align_corners=False)
+
+    def line_iou(logits):
+        pred = logits.argmax(1) == 1
+        return ((pred & (labels == 1)).sum() / (pred | (labels == 1)).sum()).item()
+
+    assert line_iou(coarse) == 0.0
+    torch.manual_seed(0)
+    refiner = DetailRefiner(2, channels=8)
+    opt = torch.optim.Adam(refiner.parameters(), lr=1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        F.cross_entropy(refiner(images, coarse), labels).backward()
+        opt.step()
+    with torch.no_grad():
+        assert line_iou(refiner(images, coarse)) > 0.9
+
+
+def test_model_with_a_fresh_refiner_equals_the_model_without():
+    from clustvit_core.flops import flop_breakdown
+    from conftest import tiny_model
+
+    torch.manual_seed(0)
+    plain = tiny_model()
+    refined = tiny_model(refine_channels=8)
+    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted({k.split(".")[0] for k in missing}) == ["refiner"] and not unexpected
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(refined(x).logits, plain(x).logits, atol=0, rtol=0)
+    flops = flop_breakdown(refined, x[:1])
+    assert flops["refiner"] > 0 and flop_breakdown(plain, x[:1])["refiner"] == 0
+
+
+def test_init_from_a_model_without_refiner(tmp_path):
+    """A trained model (here the ViT) starts a model with a refiner: everything loads, the refiner starts fresh."""
+    from clustvit_core.weights import load_trained_start, save_checkpoint
+    from conftest import tiny_model
+
+    vit = tiny_model(k=None, ip=None)
+    save_checkpoint(tmp_path / "vit.safetensors", vit.state_dict(), vit.config)
+    refined = tiny_model(k=None, ip=None, refine_channels=8)
+    line = load_trained_start(refined, tmp_path / "vit.safetensors")
+    assert "initialized here: refiner.convs" in line
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(refined(x).logits, vit(x).logits, atol=0, rtol=0)

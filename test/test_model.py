@@ -234,6 +234,8 @@ def test_bad_cluster_ids_raise_clear_errors(ids, match):
         (dict(head="fcn"), "head='fcn'"),
         (dict(regenerator="copy"), "regenerator='copy'.*mlp, residual"),
         (dict(proportional_attention="yes"), "proportional_attention='yes'"),
+        (dict(refine_channels=-1), "refine_channels=-1.*0 \\(no refiner\\)"),
+        (dict(refine_channels=2.5), "refine_channels=2.5"),
         (dict(backbone="huge"), "backbone='huge'"),
         (dict(num_classes=0), "num_classes=0"),
         (dict(colour="red"), "unknown override"),

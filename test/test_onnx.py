@@ -32,6 +32,8 @@ VARIANTS = {
     "decoder_proportional": {"decoder_merge": True, "proportional_attention": True},
     "decoder_regenerate_residual_proportional": {"decoder_merge": True, "decoder_restore": "regenerate",
                                                  "regenerator": "residual", "proportional_attention": True},
+    "refiner": {"refine_channels": 8},
+    "plain_vit_refiner": {"k": None, "ip": None, "refine_channels": 8},
 }
 BIASES = (0.0, 1.0, -1.0, 50.0, -50.0)  # 50: nothing merged; -50: everything merged
 
@@ -58,6 +60,8 @@ def exported(tmp_path_factory):
         for module in model.modules():  # a trained residual Regenerator's last layer is not zero
             if getattr(module, "residual", False):
                 torch.nn.init.normal_(module.fc2.weight, std=0.1)
+        if model.refiner is not None:  # nor is a trained refiner's
+            torch.nn.init.normal_(model.refiner.convs[-1].weight, std=0.1)
         path = export_onnx(model, tmp / f"{name}.onnx")
         out[name] = (model, OnnxModel(path))
     return out
