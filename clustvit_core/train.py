@@ -81,6 +81,9 @@ class TrainSettings:
     # ClustViT from a trained ViT: its Cluster module and Regenerator start fresh (weights.load_trained_start)
     train_only: tuple[str, ...] | None = None  # parameter-name prefixes that train, the rest frozen, e.g.
     # [backbone.cluster_mlp]: only the Cluster module learns (its loss), on a ViT started with init_from
+    teacher_iters: int = 0  # ClustViT: for the first N iterations the merge uses the pseudo-clusters (the Cluster
+    # module's targets) instead of the module's own choice, so that the blocks after ip do not start on a fresh
+    # module's merges (nearly every token into a cluster); the module learns from its loss all along
 
     def __post_init__(self) -> None:
         for key in ("iters", "batch_size", "log_interval", "val_interval", "ckpt_interval", "keep_last", "val_images"):
@@ -127,6 +130,8 @@ class TrainSettings:
             if not only or not all(isinstance(p, str) and p for p in only):
                 raise ConfigError(f"train_only={self.train_only!r}: give parameter-name prefixes, e.g. [backbone.cluster_mlp]")
             object.__setattr__(self, "train_only", tuple(only))
+        if not isinstance(self.teacher_iters, int) or isinstance(self.teacher_iters, bool) or self.teacher_iters < 0:
+            raise ConfigError(f"teacher_iters={self.teacher_iters!r}: must be an integer >= 0 (0: the module merges from the start)")
         if not isinstance(self.ohem_min_kept, int) or self.ohem_min_kept < 0:
             raise ConfigError(f"ohem_min_kept={self.ohem_min_kept!r}: must be an integer >= 0")
 
@@ -305,9 +310,16 @@ def patch_size(model) -> int:
 
 
 def compute_loss(model, images, labels, aux_weight: float, class_weight: torch.Tensor | None = None,
-                 ohem_thresh: float | None = None, ohem_min_kept: int = 100000) -> tuple[torch.Tensor, dict]:
-    """(total loss, {"seg": ..., "cluster" (ClustViT) / "policy" (CTS): ..., "tokens": ...}) for a batch."""
-    out = model(images)
+                 ohem_thresh: float | None = None, ohem_min_kept: int = 100000,
+                 teacher: bool = False) -> tuple[torch.Tensor, dict]:
+    """(total loss, {"seg": ..., "cluster" (ClustViT) / "policy" (CTS): ..., "tokens": ...}) for a batch.
+    `teacher`: a ClustViT merges with the pseudo-clusters of `labels` instead of its Cluster module's choice."""
+    clustering = getattr(model, "module", model).clustering
+    teacher_ids = None
+    if teacher and clustering:
+        k = getattr(model, "module", model).config.k
+        teacher_ids = pseudo_clusters(labels, k, patch=patch_size(model))
+    out = model(images) if teacher_ids is None else model(images, cluster_ids=teacher_ids)
     seg = segmentation_loss(out.logits.float(), labels, class_weight, ohem_thresh, ohem_min_kept)
     parts = {"seg": seg.detach(), "tokens": out.tokens.float().mean()}
     loss = seg
@@ -451,7 +463,8 @@ class Trainer:
                     group["lr"] = lr * group["lr_scale"]
                 images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
                 with torch.autocast(self.device.type, dtype=amp_dtype, enabled=s.amp):
-                    loss, parts = compute_loss(net, images, labels, s.aux_weight, class_weight, s.ohem_thresh, s.ohem_min_kept)
+                    loss, parts = compute_loss(net, images, labels, s.aux_weight, class_weight, s.ohem_thresh, s.ohem_min_kept,
+                                               teacher=it < s.teacher_iters)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()

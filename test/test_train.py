@@ -135,6 +135,28 @@ def test_clustvit_from_a_trained_vit_training_only_its_cluster_module(tmp_path):
     assert sum(cluster[-5:]) / 5 < 0.8 * sum(cluster[:5]) / 5
 
 
+def test_teacher_iterations_merge_with_the_pseudo_clusters():
+    """teacher=True: the batch is merged as the pseudo-clusters of its labels say, not as a fresh Cluster module
+    (here biased to put every patch into cluster 1) would; the module's loss is the same either way."""
+    from clustvit_core.pseudo import pseudo_clusters
+    from conftest import tiny_model
+
+    torch.manual_seed(0)
+    model = tiny_model()
+    model.backbone.cluster_mlp.fc2.bias.data[:] = torch.tensor([0.0, 50.0, 0.0, 0.0])
+    labels = torch.zeros(2, 64, 64, dtype=torch.long)
+    labels[:, :, 40:] = 1
+    labels[1, :8, :8] = 2
+    images = torch.randn(2, 3, 64, 64)
+    _, own = train.compute_loss(model, images, labels, aux_weight=0.1)
+    _, taught = train.compute_loss(model, images, labels, aux_weight=0.1, teacher=True)
+    with torch.no_grad():
+        expected = model(images, cluster_ids=pseudo_clusters(labels, 3, patch=16)).tokens.float().mean()
+    assert own["tokens"] == 1  # everything in one cluster
+    assert taught["tokens"] == expected > 1
+    torch.testing.assert_close(own["cluster"], taught["cluster"])
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -144,6 +166,7 @@ def test_clustvit_from_a_trained_vit_training_only_its_cluster_module(tmp_path):
         (["nope_k3_ip3"], "unknown model 'nope_k3_ip3'"),
         (["synthetic_agri_k3_ip3", "train_only=[decoder.nothing]"], "train_only=['decoder.nothing']: no parameter"),
         (["synthetic_agri_k3_ip3", "init_from=/no/such/vit.safetensors"], "/no/such/vit.safetensors"),
+        (["synthetic_agri_k3_ip3", "teacher_iters=-5"], "teacher_iters=-5: must be an integer >= 0"),
     ],
 )
 def test_user_errors_are_one_line(args, message, tmp_path):
