@@ -202,9 +202,9 @@ class DetailRefiner(nn.Module):
     """Pixel-level refinement of patch-level class scores: a small convolution stack reads the normalized
     image and the head's bilinearly upsampled logits and adds a correction to the logits.
 
-    A head scores 14x14 or 16x16 patches; thin leaves and seedlings narrower than a patch get their
-    patch's majority class however good the features are (on the synthetic scenes a per-patch oracle
-    reaches 0.40 mIoU at 224x224, weed IoU 0.0; a per-pixel one 0.96). The refiner sees every input
+    A head scores 14x14 or 16x16 patches; a leaf narrower than a patch seldom wins its patch, and bilinear
+    upsampling of patch scores cannot draw it (scripts/measure_patch_ceiling.py: perfect patch scores give weed
+    IoU 0 on the synthetic scenes at 224x224, perfect pixel scores 0.89). The refiner sees every input
     pixel's colour next to its patch's scores, so it can move a leaf's edge inside a patch. The last
     convolution starts at zero: an untrained refiner returns the head's logits unchanged, so a trained model
     keeps working when one is added (`init_from`). About 5.5 k multiply-adds per pixel at width 16 (0.55
