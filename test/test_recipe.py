@@ -80,14 +80,14 @@ def test_bad_recipe_settings_are_one_line(settings, message):
 def test_tiny_adamw_weighted_ohem_run(tmp_path, capsys):
     tiny = ["embed_dim=32", "depth=3", "num_heads=2", "cluster_hidden=16", "ip=1", "img_size=64", "val_images=2", *SCRATCH,
             "num_workers=0", "log_interval=1"]
-    assert train.main(["synthetic_agri_k3_ip3", "--work-dir", str(tmp_path), "--iters", "3", "--batch-size", "2", "--quiet",
+    assert train.main(["synthetic_agri_k3_ip3_base", "--work-dir", str(tmp_path), "--iters", "3", "--batch-size", "2", "--quiet",
                        "optimizer=adamw", "lr=1e-3", "min_lr=0", "weight_decay=0.05", "layer_decay=0.75", "warmup_iters=1",
                        "class_weights=auto", "ohem_thresh=0.7", "ohem_min_kept=100", "val_interval=100", *tiny]) == 0
     out = capsys.readouterr().out
     assert "class weights (median-frequency balancing): soil" in out
     assert (tmp_path / "final.safetensors").is_file()
     with pytest.raises(SystemExit):
-        train.main(["synthetic_agri_k3_ip3", "--work-dir", str(tmp_path / "b"), "--iters", "2", "class_weights=[1, 2]", *tiny])
+        train.main(["synthetic_agri_k3_ip3_base", "--work-dir", str(tmp_path / "b"), "--iters", "2", "class_weights=[1, 2]", *tiny])
     assert "class_weights lists 2 weights for 3 classes" in capsys.readouterr().err
 
 
@@ -119,7 +119,7 @@ def test_sqrt_class_weights_and_gradient_clipping_change_the_run(tmp_path, capsy
             "num_workers=0", "optimizer=sgd", "lr=0.05", "min_lr=0", "val_interval=100"]
     finals = {}
     for name, extra in (("plain", []), ("clipped", ["grad_clip=1e-6"])):
-        assert train.main(["synthetic_agri_k3_ip3", "--work-dir", str(tmp_path / name), "--iters", "2", "--batch-size", "2",
+        assert train.main(["synthetic_agri_k3_ip3_base", "--work-dir", str(tmp_path / name), "--iters", "2", "--batch-size", "2",
                            "--quiet", "class_weights=sqrt", *extra, *tiny]) == 0
         finals[name] = load_file(tmp_path / name / "final.safetensors")
     out = capsys.readouterr().out

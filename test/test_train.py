@@ -30,7 +30,7 @@ def run_cli(*args, **kwargs):
 
 
 def test_tiny_training_run_lowers_the_loss(tmp_path):
-    assert train.main(["synthetic_agri_k3_ip3", "--work-dir", str(tmp_path), "--iters", "40", "--batch-size", "4",
+    assert train.main(["synthetic_agri_k3_ip3_base", "--work-dir", str(tmp_path), "--iters", "40", "--batch-size", "4",
                        "--quiet", "lr=0.05", "min_lr=0.001", "val_interval=40", *TINY]) == 0
     values = losses(tmp_path)
     assert len(values) == 40
@@ -53,7 +53,7 @@ def test_plain_vit_logs_no_cluster_loss(tmp_path, capsys):
 
 
 def test_killed_run_resumes_to_identical_weights(tmp_path):
-    common = ["synthetic_agri_k3_ip3", "--iters", "24", "--batch-size", "2", "--quiet", "ckpt_interval=4", "val_interval=100",
+    common = ["synthetic_agri_k3_ip3_base", "--iters", "24", "--batch-size", "2", "--quiet", "ckpt_interval=4", "val_interval=100",
               "drop_path_rate=0.1", "lr=0.02", *TINY]
     reference = run_cli(*common, "--work-dir", str(tmp_path / "a"))
     out, err = reference.communicate(timeout=600)
@@ -82,7 +82,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         "-m", "clustvit_core.train", "synthetic_agri_k3_ip3", "--work-dir", str(tmp_path), "--iters", "4",
+         "-m", "clustvit_core.train", "synthetic_agri_k3_ip3_base", "--work-dir", str(tmp_path), "--iters", "4",
          "--batch-size", "2", "--quiet", "--device", "cpu", "val_interval=4", *TINY],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -123,7 +123,7 @@ def test_clustvit_from_a_trained_vit_training_only_its_cluster_module(tmp_path):
     assert train.main(["synthetic_agri_vit", "--work-dir", str(tmp_path / "vit"), "--iters", "2", "--batch-size", "2",
                        "--quiet", "val_interval=100", *vit_args]) == 0
     vit = load_file(tmp_path / "vit" / "final.safetensors")
-    assert train.main(["synthetic_agri_k3_ip3", "--work-dir", str(tmp_path / "clust"), "--iters", "30", "--batch-size", "4",
+    assert train.main(["synthetic_agri_k3_ip3_base", "--work-dir", str(tmp_path / "clust"), "--iters", "30", "--batch-size", "4",
                        "--quiet", "val_interval=100", "lr=0.01", f"init_from={tmp_path / 'vit' / 'final.safetensors'}",
                        "train_only=[backbone.cluster_mlp]", "regenerator=residual", "proportional_attention=true", *TINY]) == 0
     clust = load_file(tmp_path / "clust" / "final.safetensors")
@@ -160,13 +160,13 @@ def test_teacher_iterations_merge_with_the_pseudo_clusters():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["synthetic_agri_k3_ip3", "pretrained=/no/such/vit.pth"], "/no/such/vit.pth not found"),
-        (["synthetic_agri_k3_ip3", "train.learning_rate=3"], "unknown train setting 'learning_rate'"),
-        (["synthetic_agri_k3_ip3", "--iters", "0"], "iters=0"),
+        (["synthetic_agri_k3_ip3_base", "pretrained=/no/such/vit.pth"], "/no/such/vit.pth not found"),
+        (["synthetic_agri_k3_ip3_base", "train.learning_rate=3"], "unknown train setting 'learning_rate'"),
+        (["synthetic_agri_k3_ip3_base", "--iters", "0"], "iters=0"),
         (["nope_k3_ip3"], "unknown model 'nope_k3_ip3'"),
-        (["synthetic_agri_k3_ip3", "train_only=[decoder.nothing]"], "train_only=['decoder.nothing']: no parameter"),
-        (["synthetic_agri_k3_ip3", "init_from=/no/such/vit.safetensors"], "/no/such/vit.safetensors"),
-        (["synthetic_agri_k3_ip3", "teacher_iters=-5"], "teacher_iters=-5: must be an integer >= 0"),
+        (["synthetic_agri_k3_ip3_base", "train_only=[decoder.nothing]"], "train_only=['decoder.nothing']: no parameter"),
+        (["synthetic_agri_k3_ip3_base", "init_from=/no/such/vit.safetensors"], "/no/such/vit.safetensors"),
+        (["synthetic_agri_k3_ip3_base", "teacher_iters=-5"], "teacher_iters=-5: must be an integer >= 0"),
     ],
 )
 def test_user_errors_are_one_line(args, message, tmp_path):
