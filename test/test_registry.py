@@ -37,8 +37,8 @@ def test_name_follows_k_and_ip():
             assert f"_k{cfg.k}_ip{cfg.ip}" in name
         elif cfg.sharing:
             assert name.endswith("_cts")
-        else:
-            assert name.endswith("_vit")
+        else:  # {dataset}_vit, or a variant of it: {dataset}_vit_{variant}
+            assert name.endswith("_vit") or "_vit_" in name, name
 
 
 def test_yaml_path_and_unknown_setting(tmp_path):
