@@ -148,6 +148,8 @@ def test_demo_runs_end_to_end(tmp_path):
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "mIoU" in proc.stdout and "tokens" in proc.stdout
+    from clustvit_core.devices import native_bf16_cpu
+    assert f"precision {'bf16' if native_bf16_cpu() else 'fp32'})" in proc.stdout  # the demo's default
     report = json.loads((out / "report.json").read_text())
     assert report["frames_in"] == 6 and report["frames_processed"] >= 1
     assert (out / "frames.png").is_file() and list((out / "images").glob("overlay_*.png"))
