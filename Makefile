@@ -56,14 +56,17 @@ train-cwfid: $(STAMP)
 
 # The paper's Table I on CWFID: ViT, CTS and ClustViT variants (Segmenter and UPerNet heads) from the same start and
 # recipe, trained here (about an hour each on a quiet 2-core CPU; interrupt at will, it resumes) or reused, then
-# evaluated and timed in one process (results/README.md, README section paper-tables). make train-cwfid's two runs
-# are the vit and clustvit_k3_ip3 rows (same config, recipe, iterations and seed): linked, not trained again.
+# evaluated and timed in one process (results/README.md, README section paper-tables). make train-cwfid's runs
+# are the vit, clustvit_k3_ip3, vit_refine and clustvit_k3_ip3_from_vit_refine rows (same config, recipe, iterations
+# and seed), work_dirs/cwfid_k3_ip3_teacher the clustvit_k3_ip3_teacher row: linked (an unfinished run resumes there).
 # Options through PAPER_ARGS, e.g. PAPER_ARGS="--rows vit cts clustvit_k3_ip3 --budget 120" or "--ablation".
 PAPER_ARGS ?=
 paper-tables: $(STAMP)
 	mkdir -p results/runs
-	[ -e results/runs/vit ] || [ ! -f work_dirs/cwfid_vit/final.safetensors ] || ln -s ../../work_dirs/cwfid_vit results/runs/vit
-	[ -e results/runs/clustvit_k3_ip3 ] || [ ! -f work_dirs/cwfid_k3_ip3/final.safetensors ] || ln -s ../../work_dirs/cwfid_k3_ip3 results/runs/clustvit_k3_ip3
+	for pair in vit:cwfid_vit clustvit_k3_ip3:cwfid_k3_ip3 clustvit_k3_ip3_teacher:cwfid_k3_ip3_teacher \
+			vit_refine:cwfid_vit_refine clustvit_k3_ip3_from_vit_refine:cwfid_k3_ip3_from_vit_refine; do \
+		row=$${pair%%:*}; run=$${pair#*:}; \
+		[ -e results/runs/$$row ] || [ ! -d work_dirs/$$run ] || ln -s ../../work_dirs/$$run results/runs/$$row; done
 	$(PY) -m clustvit_core.pretrained fetch dinov2_small
 	$(PY) -m clustvit_core.paper_tables --out results --data-root ../shared/data/cwfid --update-readme README.md $(PAPER_ARGS)
 

@@ -85,6 +85,14 @@ def table_rows(ablation: bool) -> list[Row]:
         # the ablation's ip 2 point (its run) merging through the decoder: the most merging at the ViT's accuracy
         Row("clustvit_k3_ip2_from_vit_decmerge", "cwfid_k3_ip3_from_vit", {"ip": 2}, start="vit", run="k3_ip2",
             evaluate={"decoder_merge": True}),
+        # the paper recipe with teacher iterations (the merge follows the pseudo-clusters at first), proportional
+        # attention and a residual Regenerator: the same start, recipe and iterations as the ViT (registry entry)
+        Row("clustvit_k3_ip3_teacher", "cwfid_k3_ip3_teacher"),
+        # a pixel refiner trained alone on the trained ViT, and the ClustViT made from that (registry entries)
+        Row("vit_refine", "cwfid_vit_refine", start="vit"),
+        Row("clustvit_k3_ip3_from_vit_refine", "cwfid_k3_ip3_from_vit_refine", start="vit_refine"),
+        Row("clustvit_k3_ip3_from_vit_refine_decmerge", "cwfid_k3_ip3_from_vit_refine", start="vit_refine",
+            run="clustvit_k3_ip3_from_vit_refine", evaluate={"decoder_merge": True}),
         Row("clustvit_k3_ip4", "cwfid_k3_ip3", {"ip": 4}),
         Row("clustvit_k3_ip3_decmerge", "cwfid_k3_ip3_decmerge"),
         Row("clustvit_k3_ip3_decregen", "cwfid_k3_ip3_decregen"),
