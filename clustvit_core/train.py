@@ -314,18 +314,15 @@ def compute_loss(model, images, labels, aux_weight: float, class_weight: torch.T
                  teacher: bool = False) -> tuple[torch.Tensor, dict]:
     """(total loss, {"seg": ..., "cluster" (ClustViT) / "policy" (CTS): ..., "tokens": ...}) for a batch.
     `teacher`: a ClustViT merges with the pseudo-clusters of `labels` instead of its Cluster module's choice."""
-    clustering = getattr(model, "module", model).clustering
-    teacher_ids = None
-    if teacher and clustering:
-        k = getattr(model, "module", model).config.k
-        teacher_ids = pseudo_clusters(labels, k, patch=patch_size(model))
-    out = model(images) if teacher_ids is None else model(images, cluster_ids=teacher_ids)
+    config = getattr(model, "module", model).config
+    # the pseudo-clusters: the Cluster module's targets, and with `teacher` also the merge
+    clusters = pseudo_clusters(labels, config.k, patch=config.patch_size) if config.clustering else None
+    out = model(images, cluster_ids=clusters) if teacher and clusters is not None else model(images)
     seg = segmentation_loss(out.logits.float(), labels, class_weight, ohem_thresh, ohem_min_kept)
     parts = {"seg": seg.detach(), "tokens": out.tokens.float().mean()}
     loss = seg
     if out.cluster_logits is not None:
-        k = out.cluster_logits.shape[-1] - 1
-        target = pseudo_clusters(labels, k, patch=patch_size(model)).flatten(1)
+        target = clusters.flatten(1)
         cluster = F.cross_entropy(out.cluster_logits.float().flatten(0, 1), target.flatten())
         parts["cluster"] = cluster.detach()
         loss = seg + aux_weight * cluster
