@@ -104,6 +104,11 @@ benchmark-cwfid: $(STAMP)
 benchmark-gpu: $(STAMP)
 	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 100 --size 518 --oracle-clusters --device cuda --precisions fp32 fp16 --warmup 3 --rounds 10 --json out/benchmark_gpu.json
 
+# The same on a GPU with ONNX Runtime's CUDA and TensorRT providers too (fp32; TensorRT also fp16), beside PyTorch.
+# Needs onnxruntime-gpu instead of onnxruntime, and the tensorrt wheels: pip install onnxruntime-gpu tensorrt.
+benchmark-gpu-onnx: $(STAMP)
+	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --backends torch onnxruntime --providers cuda tensorrt --images cwfid:test --num-images 100 --size 518 --oracle-clusters --device cuda --precisions fp32 fp16 --warmup 3 --rounds 10 --json out/benchmark_gpu_onnx.json
+
 # ViT vs ClustViT with PyTorch (eager) and ONNX Runtime (CPU) in one table (README section onnx).
 benchmark-onnx: $(STAMP)
 	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --backends torch onnxruntime onnxruntime-mha --images cwfid:test --num-images 100 --size 448 --oracle-clusters --rounds 3 --threads 2 --json out/benchmark_onnx.json --update-readme README.md --readme-section onnx
@@ -120,7 +125,7 @@ evaluate-keep-bias: $(STAMP)
 
 # The shipped demo model (weights/synthetic_agri_k3_ip3.safetensors, fp16): DINOv2-S start, generated scenes, two
 # stages: everything jointly (synthetic_agri_k3_ip3_base, 1000 iterations, about 30 minutes on a quiet 2-core CPU),
-# then the pixel refiner alone (300 iterations, about 5 minutes); interrupt at will, running it again resumes.
+# then the pixel refiner alone (800 iterations with the rest frozen, each quicker than a joint one); interrupt at will, running it again resumes.
 train-demo: $(STAMP)
 	$(PY) -m clustvit_core.pretrained fetch dinov2_small
 	$(PY) -m clustvit_core.train synthetic_agri_k3_ip3_base --quiet --resume

@@ -41,6 +41,12 @@ STEM_TAGS = re.compile(r"_(image|img|annotation|mask|label|labels|gt)$", re.IGNO
 # onnxruntime-mha: exported with attention="ort" (ONNX Runtime's fused MultiHeadAttention op)
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-mha")
 ONNX_ATTENTION = {"onnxruntime": "onnx", "onnxruntime-mha": "ort"}
+ONNX_PROVIDERS = ("cpu", "cuda", "tensorrt")  # onnx_runtime.PROVIDERS' names
+
+
+def onnx_backend_label(backend: str, provider: str, precision: str) -> str:
+    """A row's backend: 'onnxruntime' (CPU, fp32), else e.g. 'onnxruntime cuda' or 'onnxruntime tensorrt fp16'."""
+    return " ".join([backend] + ([provider] if provider != "cpu" else []) + ([precision] if precision != "fp32" else []))
 
 
 @dataclass
@@ -111,30 +117,39 @@ def _timed(fn, device: torch.device | None = None) -> float:
 def run(args) -> list[Row]:
     device = args.device
     models, names, backends, casts = [], [], [], []  # casts: the torch.autocast dtype of each row (None: fp32)
+    exportable = []  # (name, torch model) once per model and batch mode, whatever the precisions
     for name in args.models:
         model = build_model(name, weights=args.weights if args.weights != "none" else None, **args.overrides).to(device)
         modes = args.batch_modes if model.clustering else ["auto"]
         for mode in modes:
             twin = copy.deepcopy(model) if len(modes) > 1 else model
             twin.backbone.batch_mode = mode
+            if not twin.config.sharing:
+                exportable.append((name + (f" [{mode}]" if len(modes) > 1 else ""), twin))
             for precision in args.precisions:
                 models.append(twin)
                 backends.append("torch" if precision == "fp32" else f"torch {precision}")
                 names.append(name + (f" [{mode}]" if len(modes) > 1 else "") + (f" [{precision}]" if precision != "fp32" else ""))
                 casts.append(autocast_dtype(precision, device, "--precisions"))
     counted = list(models)  # the torch model whose FLOPs each row reports
-    exportable = [(n, m) for n, m in zip(names, models) if not m.config.sharing]
-    if len(exportable) < len(models) and set(args.backends) - {"torch"}:
+    onnx_backends = [b for b in args.backends if b != "torch"]
+    if onnx_backends and any(m.config.sharing for m in models):
         print("note: CTS models have no ONNX export; they run with torch only", file=sys.stderr)
     if "torch" not in args.backends:
         models, names, counted, backends, casts = [], [], [], [], []
-    for backend in [b for b in args.backends if b != "torch"]:  # the same models (same weights) exported
-        for n, m in exportable:  # rows "NAME [BACKEND]"
-            models.append(_onnx_twin(m, args.size, args.oracle_clusters is not None, args.threads, ONNX_ATTENTION[backend]))
-            names.append(f"{n} [{backend}]")
-            counted.append(m)
-            backends.append(backend)
-            casts.append(None)
+    # The same models (same weights) exported, one session per provider (and, for TensorRT, per precision):
+    # rows "NAME [onnxruntime]", "NAME [onnxruntime cuda]", "NAME [onnxruntime tensorrt fp16]", ...
+    for backend in onnx_backends:
+        for provider in args.providers:
+            for precision in [p for p in args.precisions if p in ("fp32", "fp16")] if provider == "tensorrt" else ["fp32"]:
+                label = onnx_backend_label(backend, provider, precision)
+                for n, m in exportable:
+                    models.append(_onnx_twin(m, args.size, args.oracle_clusters is not None, args.threads,
+                                             ONNX_ATTENTION[backend], provider, precision == "fp16"))
+                    names.append(f"{n} [{label}]")
+                    counted.append(m)
+                    backends.append(label)
+                    casts.append(None)
     data0 = models[0].config.data
     for m in models[1:]:
         if (m.config.mean, m.config.std) != (data0.mean, data0.std):
@@ -206,15 +221,17 @@ def run(args) -> list[Row]:
     return rows, len(samples)
 
 
-def _onnx_twin(model, size: int, oracle: bool, threads: int | None, attention: str = "onnx"):
-    """`model` exported to a temporary ONNX file at size x size and loaded into an ONNX Runtime session."""
+def _onnx_twin(model, size: int, oracle: bool, threads: int | None, attention: str = "onnx",
+               provider: str = "cpu", fp16: bool = False):
+    """`model` exported to a temporary ONNX file at size x size and loaded into an ONNX Runtime session
+    with `provider` (fp16: TensorRT builds fp16 engines; they are built in the warm-up, not cached)."""
     import tempfile
 
     from .onnx_runtime import OnnxModel, export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", size=(size, size), oracle=oracle, attention=attention)
-        return OnnxModel(path, threads=threads or torch.get_num_threads())
+        return OnnxModel(path, providers=(provider,), fp16=fp16, threads=threads or torch.get_num_threads())
 
 
 def summarize(rows: list[Row], n_images: int) -> list[dict]:
@@ -313,11 +330,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch, onnxruntime, onnxruntime-mha: run the models with PyTorch (eager) and/or ONNX Runtime (CPU; "
                         "each model exported at --size first; -mha: exported with ONNX Runtime's fused MultiHeadAttention, "
                         "export --attention ort); one row per model and backend, ratios within a backend (default torch)")
+    parser.add_argument("--providers", nargs="+", default=["cpu"], choices=ONNX_PROVIDERS,
+                        help="ONNX Runtime providers for the onnxruntime rows, one row set each: cpu (the onnxruntime wheel), "
+                        "cuda, tensorrt (both need onnxruntime-gpu; tensorrt also the tensorrt wheels and gets one row set per "
+                        "fp32 / fp16 in --precisions). ONNX rows take the image from and return the logits to host memory, "
+                        "so on a GPU their times include those copies (default cpu)")
     parser.add_argument("--weights", default="none", help="'none' (random init, default: fine for FLOPs/speed with oracle clusters) or 'default' (the registry's trained weights)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes over the images (default 1)")
     parser.add_argument("--rounds", type=int, default=3, help="timed interleaved rounds; the median counts (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--device", default="cpu", help=f"where the torch rows run: {DEVICE_HELP} (default cpu; ONNX Runtime rows run on the CPU)")
+    parser.add_argument("--device", default="cpu", help=f"where the torch rows run: {DEVICE_HELP} (default cpu; ONNX Runtime rows run where --providers says)")
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=PRECISIONS,
                         help="torch rows per precision (torch.autocast; fp16 needs CUDA), e.g. --precisions fp32 fp16 (default fp32)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
@@ -341,9 +363,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch < 1 or args.num_images < 1 or args.rounds < 1 or args.warmup < 0:
             raise ConfigError("--batch, --num-images and --rounds must be >= 1, --warmup >= 0")
         args.device = resolve_device(args.device, "--device")
-        if args.device.type != "cpu" and set(args.backends) - {"torch"}:
-            raise ConfigError(f"--device {args.device} with --backends {' '.join(args.backends)}: ONNX Runtime rows run on "
-                              "the CPU here (the GPU wheel is onnxruntime-gpu); benchmark them with --device cpu")
+        if "onnxruntime-mha" in args.backends and "tensorrt" in args.providers:
+            raise ConfigError("--backends onnxruntime-mha with --providers tensorrt: TensorRT cannot build ONNX Runtime's fused "
+                              "attention op; use --backends onnxruntime for the tensorrt rows")
+        if set(args.providers) - {"cpu"} and set(args.backends) == {"torch"}:
+            raise ConfigError(f"--providers {' '.join(args.providers)}: providers apply to ONNX Runtime rows; add --backends onnxruntime")
         for precision in args.precisions:
             autocast_dtype(precision, args.device, "--precisions")
         args.overrides = parse_overrides(args.overrides)
@@ -353,8 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         rows, n = run(args)
         summary = summarize(rows, n)
+        gpu_rows = args.device.type == "cuda" or (set(args.providers) - {"cpu"} and torch.cuda.is_available())
         setup_line = (f"{n} images from {args.images} at {args.size}x{args.size}, batch {args.batch}, "
-                      + (f"GPU {torch.cuda.get_device_name(args.device)}, " if args.device.type == "cuda" else "")
+                      + (f"GPU {torch.cuda.get_device_name(args.device if args.device.type == 'cuda' else 0)}, " if gpu_rows else "")
                       + f"{torch.get_num_threads()} CPU threads ({platform.processor() or platform.machine()}), "
                       f"clusters: {'oracle (ground truth)' if args.oracle_clusters is not None else 'Cluster module'}")
         table = format_table(summary)
@@ -367,8 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             setup = {k: v for k, v in vars(args).items() if k != "json"}
             setup["device"] = str(args.device)
-            if args.device.type == "cuda":
-                setup["gpu"] = torch.cuda.get_device_name(args.device)
+            if gpu_rows:
+                setup["gpu"] = torch.cuda.get_device_name(args.device if args.device.type == "cuda" else 0)
             setup["torch_threads"] = torch.get_num_threads()
             args.json.write_text(json.dumps({"setup": setup, "rows": summary}, indent=2, default=str))
     return 0

@@ -48,6 +48,31 @@ def test_both_backends_in_one_table(tmp_path, capsys):
     assert "| cwfid_k3_ip3 [onnxruntime] |" in capsys.readouterr().out
 
 
+def test_onnx_rows_per_provider_and_one_export_per_model(tmp_path, monkeypatch):
+    """--providers gives one ONNX row set per provider (labels 'onnxruntime cuda', 'onnxruntime tensorrt fp16');
+    torch precisions do not multiply the ONNX rows. The sessions are stubbed: this machine has no GPU provider."""
+    calls = []
+
+    def fake_twin(model, size, oracle, threads, attention="onnx", provider="cpu", fp16=False):
+        calls.append((model.config.kind, provider, fp16))
+        return model  # the torch model stands in for the session
+
+    monkeypatch.setattr(benchmark, "_onnx_twin", fake_twin)
+    out_json = tmp_path / "b.json"
+    argv = ["--models", "cwfid_vit", "cwfid_k3_ip3", "--backends", "torch", "onnxruntime", "--providers", "cpu", "cuda",
+            "tensorrt", "--precisions", "fp32", "bf16", "--images", "cwfid:test", "--num-images", "1", "--size", "128",
+            "--oracle-clusters", "--rounds", "1", "--warmup", "0", "--quiet", "--json", str(out_json), *TINY_SET]
+    assert benchmark.main(argv) == 0
+    rows = {r["model"]: r for r in json.loads(out_json.read_text())["rows"]}
+    onnx_labels = ["onnxruntime", "onnxruntime cuda", "onnxruntime tensorrt"]  # bf16 is no TensorRT precision
+    assert set(rows) == {f"{m}{p}" for m in ("cwfid_vit", "cwfid_k3_ip3") for p in ("", " [bf16]")} | {
+        f"{m} [{label}]" for m in ("cwfid_vit", "cwfid_k3_ip3") for label in onnx_labels}
+    assert sorted(calls) == sorted((kind, p, False) for kind in ("vit", "clustvit") for p in ("cpu", "cuda", "tensorrt"))
+    for label in onnx_labels:  # ratios within each provider's rows
+        assert rows[f"cwfid_vit [{label}]"]["backend"] == label and rows[f"cwfid_vit [{label}]"]["speedup_total"] == 1.0
+    assert benchmark.onnx_backend_label("onnxruntime", "tensorrt", "fp16") == "onnxruntime tensorrt fp16"
+
+
 def test_precisions_are_rows_with_ratios_within_each(tmp_path):
     """--precisions: one torch row per model and precision (autocast), ratios against the ViT of the same
     precision; what a GPU run adds with --device cuda --precisions fp32 fp16."""
@@ -74,6 +99,9 @@ def test_precisions_are_rows_with_ratios_within_each(tmp_path):
         (["--models", "cwfid_vit", "--backends", "tensorflow"], "--backends tensorflow: choose from torch, onnxruntime, onnxruntime-mha"),
         (["--models", "cwfid_vit", "--precisions", "fp16"], "--precisions=fp16 needs a CUDA device: use fp32 or bf16 on the CPU"),
         (["--models", "cwfid_vit", "--device", "tpu"], "--device='tpu': use auto (cuda if available, else cpu), cpu"),
+        (["--models", "cwfid_vit", "--backends", "onnxruntime-mha", "--providers", "tensorrt"],
+         "--backends onnxruntime-mha with --providers tensorrt: TensorRT cannot build"),
+        (["--models", "cwfid_vit", "--providers", "cuda"], "--providers cuda: providers apply to ONNX Runtime rows; add --backends onnxruntime"),
     ],
 )
 def test_benchmark_user_errors_are_one_line(args, message):
