@@ -257,6 +257,9 @@ class Segmenter:
             if onnx_file is None:
                 raise ConfigError(f"backend onnxruntime runs an .onnx file: give it as the model (or weights); "
                                   f"write one with python -m clustvit_core.export WEIGHTS FILE.onnx")
+            if precision == "bf16" or (precision == "fp16" and "tensorrt" not in providers):
+                raise ConfigError(f"precision={precision} with backend onnxruntime: ONNX Runtime runs the exported fp32 "
+                                  "graph (fp16 only as TensorRT engines, providers tensorrt); use precision fp32")
             self.device = torch.device("cpu")  # the session's inputs and outputs live on the host
             self.autocast_dtype = None
             self.model = OnnxModel(onnx_file, providers, fp16=precision == "fp16", cache_dir=engine_cache,

@@ -36,9 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="scene kind (the shipped demo model is trained on agri scenes)")
     parser.add_argument("--model", default=DEMO_MODEL, help=f"model to run (default {DEMO_MODEL}, shipped)")
     add_options(parser, ("device",))
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                        help="the node's inference backend; onnxruntime first exports the model's weights to "
+                             "OUT/MODEL.onnx (checked against PyTorch, as python -m clustvit_core.export --onnx) "
+                             "and runs that file (default torch)")
+    add_options(parser, ("providers",))
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="the node's inference precision (default: bf16 on a CPU that computes bf16 in hardware, "
-                             "Intel AMX or AVX512-BF16, where it is faster than fp32 at the same tokens; else fp32)")
+                        help="the node's inference precision (default: with torch, bf16 on a CPU that computes bf16 in "
+                             "hardware, Intel AMX or AVX512-BF16, where it is faster than fp32 at the same tokens; "
+                             "else, and with onnxruntime, fp32)")
     parser.add_argument("--out", default="out/demo", help="output folder, replaced on each run (default out/demo)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--update-readme", metavar="README",
@@ -73,18 +79,27 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         raise InputError(f"--frames {args.frames} --rate {args.rate}: need at least 1 frame and a rate > 0")
     size = parse_size(args.size)
     if args.precision is None:
-        args.precision = demo_precision(args.device)
+        args.precision = "fp32" if args.backend == "onnxruntime" else demo_precision(args.device)
+    if args.backend == "torch" and args.providers != "cpu":
+        raise InputError(f"--providers {args.providers}: providers are for --backend onnxruntime")
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    model = args.model
+    if args.backend == "onnxruntime":
+        model = str(export_demo_onnx(args.model, out))
     bag = out / "synthetic_bag"
     frames = synthetic_frames(args.kind, args.frames, size, SYNTHETIC_SEED)
     write_image_bag(bag, frames, rate=args.rate, progress=not args.quiet)
     print(f"recording: {args.frames} synthetic {args.kind} frames {size[0]}x{size[1]} at {args.rate:g} Hz -> {bag}")
-    print(f"running segment_node ({args.model}, precision {args.precision}) on the replay ...", flush=True)
-    result = evaluate_bag(bag, args.model, gt_topic="/labels", rate=1.0, device=args.device, precision=args.precision,
-                          save_dir=out / "images", num_saved=3, progress=not args.quiet)
+    backend = "torch" if args.backend == "torch" else f"onnxruntime, providers {args.providers}"
+    print(f"running segment_node ({args.model}, {backend}, precision {args.precision}) on the replay ...", flush=True)
+    node_params = {"device": args.device, "precision": args.precision, "backend": args.backend}
+    if args.backend == "onnxruntime":
+        node_params["providers"] = args.providers
+    result = evaluate_bag(bag, model, gt_topic="/labels", rate=1.0, save_dir=out / "images", num_saved=3,
+                          progress=not args.quiet, **node_params)
     (out / "report.json").write_text(json.dumps(result, indent=2))
     plot = save_plot(result, out / "frames.png")
     print(format_summary(result))
@@ -92,6 +107,16 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     if args.update_readme:
         replace_section(args.update_readme, "ros-demo", markdown(result, args, command_line("clustvit_ros.demo", argv)))
     return 0
+
+
+def export_demo_onnx(model: str, out: Path) -> Path:
+    """`model`'s registry weights as a checked ONNX graph at its input size, OUT/MODEL.onnx."""
+    from clustvit_core.export import export_onnx_file
+    from clustvit_core.registry import default_weights
+
+    dst = out / f"{model}.onnx"
+    print(f"exporting {model} to {dst} (checked against PyTorch) ...", flush=True)
+    return export_onnx_file(default_weights(model), dst, model=model, check_images=2, log=lambda _: None)
 
 
 def markdown(r: dict, args: argparse.Namespace, command: str) -> str:
@@ -103,7 +128,7 @@ def markdown(r: dict, args: argparse.Namespace, command: str) -> str:
     from clustvit_ros.evaluate_bag import format_markdown
 
     setup = (f"{r['frames_in']} synthetic {args.kind} frames {args.size} at {args.rate:g} Hz, model {r['model']}, "
-             f"backend torch, precision {args.precision}, {torch.get_num_threads()} CPU threads ({platform.machine()}), "
+             f"backend {args.backend}" + (f" ({args.providers})" if args.backend != "torch" else "") + f", precision {args.precision}, {torch.get_num_threads()} CPU threads ({platform.machine()}), "
              f"device {args.device}")
     return format_markdown(r, setup, command)
 

@@ -154,3 +154,29 @@ def test_demo_runs_end_to_end(tmp_path):
     assert report["frames_in"] == 6 and report["frames_processed"] >= 1
     assert (out / "frames.png").is_file() and list((out / "images").glob("overlay_*.png"))
     assert np.isfinite(report["latency_ms"]["p50"])
+
+
+def test_demo_on_the_onnxruntime_backend(tmp_path):
+    """--backend onnxruntime: the shipped weights exported (and checked) to OUT/MODEL.onnx, the node runs that file;
+    the same report, and the README markdown names the backend."""
+    pytest.importorskip("onnxruntime")
+    env = ros_env(tmp_path / "log")
+    out, readme = tmp_path / "demo", tmp_path / "README.md"
+    readme.write_text("<!-- BEGIN benchmark:ros-demo -->\n<!-- END benchmark:ros-demo -->\n")
+    proc = subprocess.run([sys.executable, "-m", "clustvit_ros.demo", "--frames", "4", "--size", "320x240",
+                           "--backend", "onnxruntime", "--out", str(out), "--quiet", "--update-readme", str(readme)],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "onnxruntime, providers cpu, precision fp32" in proc.stdout and "mIoU" in proc.stdout
+    assert (out / "synthetic_agri_k3_ip3.onnx").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["frames_processed"] >= 1 and report["tokens_mean"] < report["patch_tokens"]
+    assert "backend onnxruntime (cpu), precision fp32" in readme.read_text()
+
+
+def test_demo_providers_without_onnxruntime_backend_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "clustvit_ros.demo", "--providers", "cuda", "--out", str(tmp_path / "d")],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "python -m clustvit_ros.demo: error: --providers cuda: providers are for --backend onnxruntime"]

@@ -304,3 +304,14 @@ def test_segment_batch_on_the_onnxruntime_backend(tmp_path):
         assert b.labels.shape == image.shape[:2] and b.network_size == (4 * PATCH, 4 * PATCH)
         assert (b.tokens, b.kept_tokens) == (a.tokens, a.kept_tokens)
         np.testing.assert_array_equal(b.labels, a.labels)
+
+
+@pytest.mark.parametrize("precision, providers", [("bf16", ["cpu"]), ("fp16", ["cpu"]), ("fp16", ["cuda"])])
+def test_onnxruntime_precision_it_cannot_run_is_one_line(tmp_path, precision, providers):
+    """ONNX Runtime runs the exported fp32 graph; only TensorRT makes fp16 engines: any other precision is an error,
+    not a silent fp32 run (checked before a session is made, so no provider needs to be installed)."""
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(ConfigError) as info:
+        Segmenter(str(tmp_path / "model.onnx"), precision=precision, providers=providers)
+    text = one_line(info.value)
+    assert f"precision={precision} with backend onnxruntime" in text and "precision fp32" in text
