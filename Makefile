@@ -51,7 +51,8 @@ train-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.train cwfid_k3_ip3_from_vit $(CWFID_RECIPE)
 	$(PY) -m clustvit_core.train cwfid_vit_refine $(CWFID_RECIPE)
 	$(PY) -m clustvit_core.train cwfid_k3_ip3_from_vit_refine $(CWFID_RECIPE)
-	for m in cwfid_vit cwfid_k3_ip3 cwfid_k3_ip3_from_vit cwfid_vit_refine cwfid_k3_ip3_from_vit_refine; do \
+	$(PY) -m clustvit_core.train cwfid_k3_ip3_teacher $(CWFID_RECIPE)
+	for m in cwfid_vit cwfid_k3_ip3 cwfid_k3_ip3_from_vit cwfid_vit_refine cwfid_k3_ip3_from_vit_refine cwfid_k3_ip3_teacher; do \
 		$(PY) -m clustvit_core.export work_dirs/$$m/final.safetensors $(CWFID_WEIGHTS)/$$m.safetensors || exit 1; done
 
 # The paper's Table I on CWFID: ViT, CTS and ClustViT variants (Segmenter and UPerNet heads) from the same start and
@@ -81,6 +82,10 @@ evaluate-cwfid-bag: $(ROS_STAMP)
 # The README's CWFID accuracy table: both trained models on the 21 test images at 784x588, one table.
 evaluate-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.evaluate cwfid_vit cwfid_k3_ip3 cwfid_k3_ip3_from_vit cwfid_vit_refine cwfid_k3_ip3_from_vit_refine --weights default default default default default --data-root ../shared/data/cwfid --threads 2 --flops-images all --quiet --out out/eval/cwfid --update-readme README.md --readme-section cwfid-accuracy
+
+# The ClustViT trained jointly with the ViT's recipe plus teacher iterations, beside that ViT (README section cwfid-teacher).
+evaluate-cwfid-teacher: $(STAMP)
+	$(PY) -m clustvit_core.evaluate cwfid_vit cwfid_k3_ip3_teacher --weights default default --data-root ../shared/data/cwfid --threads 2 --flops-images all --quiet --out out/eval/cwfid_teacher --update-readme README.md --readme-section cwfid-teacher
 
 # The keep_bias knob of the trained CWFID ClustViTs (paper recipe; made from the ViT): what more or fewer tokens cost
 # (README sections cwfid-keep-bias, cwfid-keep-bias-from-vit).
