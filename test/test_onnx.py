@@ -227,3 +227,23 @@ def test_bad_files_providers_and_options_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         export.main([str(src), str(tmp_path / "x.safetensors"), "--attention", "ort"])
     assert "--attention is an ONNX export setting" in capsys.readouterr().err
+
+
+def test_profile_script_reports_kernel_time_and_matmul_throughput(capsys):
+    """scripts/profile_onnx.py (the README's evidence that the exported merge costs under 1 %): one small run, and
+    its MAC count from a node's shapes (B may be missing from the profile: the output shape carries N)."""
+    import importlib.util
+
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "profile_onnx.py"
+    spec = importlib.util.spec_from_file_location("profile_onnx", script)
+    profile_onnx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_onnx)
+    assert profile_onnx.macs([1, 6, 100, 64], [1, 6, 100, 100]) == 6 * 100 * 100 * 64
+    assert profile_onnx.macs([200, 384], [200, 1152]) == 200 * 1152 * 384
+    assert profile_onnx.main(["--models", "cwfid_k3_ip3", "--num-images", "1", "--size", "112", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "== cwfid_k3_ip3" in out and "merge steps (" in out and "NonZero" in out
+    gmac = float(out.split("matrix products ")[1].split(" GMAC/s")[0])
+    assert gmac > 0
