@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU measurements the README leaves open, as one short run for a machine with a CUDA GPU (issues' "where a GPU
+# is available"): ViT vs ClustViT, CWFID test images, oracle clusters, batch 1, 518x518 (37 x 14, DINOv2's size);
+# PyTorch in fp32 / fp16 / bf16 (autocast), then ONNX Runtime's CUDA and TensorRT providers where this Python's
+# onnxruntime has them (onnxruntime-gpu; TensorRT also fp16). Random weights: speed and tokens do not depend on them
+# (the clusters come from the ground truth). Tables and JSON go to $OUT (default out/gpu).
+#
+#   bash scripts/gpu_rows.sh                         # python3 with torch, timm, onnx(runtime), safetensors, yaml, cv2
+#   DEVICE=cpu SIZE=112 NUM=2 ROUNDS=1 WARMUP=0 bash scripts/gpu_rows.sh   # a dry run of the same steps on the CPU
+#
+# It needs the CWFID test split: CLUSTVIT_CWFID_ROOT (default ../shared/data/cwfid); where ../shared does not travel,
+# copy test images + annotations + train_test_split.yaml into an ignored folder and point the variable at it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+OUT=${OUT:-out/gpu}
+DEVICE=${DEVICE:-cuda}
+SIZE=${SIZE:-518}
+NUM=${NUM:-100}
+ROUNDS=${ROUNDS:-10}
+WARMUP=${WARMUP:-3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+COMMON=(--models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images "$NUM" --size "$SIZE" --oracle-clusters
+        --device "$DEVICE" --warmup "$WARMUP" --rounds "$ROUNDS" --quiet)
+if [ "$DEVICE" = cpu ]; then PRECISIONS=(fp32 bf16); else PRECISIONS=(fp32 fp16 bf16); fi
+
+"$PY" - <<'EOF' | tee "$OUT/machine.txt"
+import platform, torch
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
+print("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+try:
+    import onnxruntime as ort
+    print("onnxruntime", ort.__version__, ort.get_available_providers())
+except ImportError:
+    print("onnxruntime: not installed")
+EOF
+
+echo "== torch: ${PRECISIONS[*]}"
+"$PY" -m clustvit_core.benchmark "${COMMON[@]}" --precisions "${PRECISIONS[@]}" --json "$OUT/benchmark_torch.json" \
+    | tee "$OUT/benchmark_torch.txt"
+
+PROVIDERS=$("$PY" -c "
+try:
+    import onnxruntime as o
+    have = o.get_available_providers()
+except ImportError:
+    have = []
+print(' '.join(n for n, full in (('cuda', 'CUDAExecutionProvider'), ('tensorrt', 'TensorrtExecutionProvider')) if full in have))")
+if [ "$DEVICE" = cpu ]; then PROVIDERS=cpu; fi
+if [ -n "$PROVIDERS" ]; then
+    echo "== onnxruntime: $PROVIDERS"
+    # shellcheck disable=SC2086
+    "$PY" -m clustvit_core.benchmark "${COMMON[@]}" --backends onnxruntime --providers $PROVIDERS \
+        --precisions "${PRECISIONS[@]:0:2}" --json "$OUT/benchmark_onnxruntime.json" | tee "$OUT/benchmark_onnxruntime.txt"
+else
+    echo "== onnxruntime: no CUDA or TensorRT provider in this Python (pip install onnxruntime-gpu); ONNX rows skipped" \
+        | tee "$OUT/benchmark_onnxruntime.txt"
+fi
