@@ -83,9 +83,10 @@ evaluate-cwfid-bag: $(ROS_STAMP)
 evaluate-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.evaluate cwfid_vit cwfid_k3_ip3 cwfid_k3_ip3_from_vit cwfid_vit_refine cwfid_k3_ip3_from_vit_refine --weights default default default default default --data-root ../shared/data/cwfid --threads 2 --flops-images all --quiet --out out/eval/cwfid --update-readme README.md --readme-section cwfid-accuracy
 
-# The ClustViT trained jointly with the ViT's recipe plus teacher iterations, beside that ViT (README section cwfid-teacher).
+# The ClustViT trained jointly with cwfid_vit's recipe plus teacher iterations (README section cwfid-teacher; the same
+# evaluation as make evaluate-cwfid's table, whose cwfid_vit row it is compared with).
 evaluate-cwfid-teacher: $(STAMP)
-	$(PY) -m clustvit_core.evaluate cwfid_vit cwfid_k3_ip3_teacher --weights default default --data-root ../shared/data/cwfid --threads 2 --flops-images all --quiet --out out/eval/cwfid_teacher --update-readme README.md --readme-section cwfid-teacher
+	$(PY) -m clustvit_core.evaluate cwfid_k3_ip3_teacher --weights default --data-root ../shared/data/cwfid --threads 2 --flops-images all --quiet --out out/eval/cwfid_teacher --update-readme README.md --readme-section cwfid-teacher
 
 # The keep_bias knob of the trained CWFID ClustViTs (paper recipe; made from the ViT): what more or fewer tokens cost
 # (README sections cwfid-keep-bias, cwfid-keep-bias-from-vit).
