@@ -89,10 +89,11 @@ evaluate-cwfid-teacher: $(STAMP)
 	$(PY) -m clustvit_core.evaluate cwfid_k3_ip3_teacher --weights default --data-root ../shared/data/cwfid --threads 2 --flops-images all --quiet --out out/eval/cwfid_teacher --update-readme README.md --readme-section cwfid-teacher
 
 # The keep_bias knob of the trained CWFID ClustViTs (paper recipe; made from the ViT): what more or fewer tokens cost
-# (README sections cwfid-keep-bias, cwfid-keep-bias-from-vit).
+# (README sections cwfid-keep-bias, cwfid-keep-bias-from-vit, cwfid-keep-bias-teacher).
 evaluate-cwfid-keep-bias: $(STAMP)
 	$(PY) -m clustvit_core.evaluate cwfid_k3_ip3 --weights default --data-root ../shared/data/cwfid --threads 2 --flops-images all --keep-bias 0 1 2 4 --quiet --out out/eval/cwfid_keep_bias --update-readme README.md --readme-section cwfid-keep-bias
 	$(PY) -m clustvit_core.evaluate cwfid_k3_ip3_from_vit --weights default --data-root ../shared/data/cwfid --threads 2 --flops-images all --keep-bias -1 0 1 2 4 --quiet --out out/eval/cwfid_keep_bias_from_vit --update-readme README.md --readme-section cwfid-keep-bias-from-vit
+	$(PY) -m clustvit_core.evaluate cwfid_k3_ip3_teacher --weights default --data-root ../shared/data/cwfid --threads 2 --flops-images all --keep-bias -1 0 1 2 4 --quiet --out out/eval/cwfid_keep_bias_teacher --update-readme README.md --readme-section cwfid-keep-bias-teacher
 
 # CWFID input policies (whole image at 3 resolutions, slide windows at the training scale), both trained models
 # (README section cwfid-input; ~10 min on 2 cores).
