@@ -52,7 +52,9 @@ train-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.train cwfid_vit_refine $(CWFID_RECIPE)
 	$(PY) -m clustvit_core.train cwfid_k3_ip3_from_vit_refine $(CWFID_RECIPE)
 	$(PY) -m clustvit_core.train cwfid_k3_ip3_teacher $(CWFID_RECIPE)
-	for m in cwfid_vit cwfid_k3_ip3 cwfid_k3_ip3_from_vit cwfid_vit_refine cwfid_k3_ip3_from_vit_refine cwfid_k3_ip3_teacher; do \
+	$(PY) -m clustvit_core.train cwfid_k3_ip3_teacher_refine $(CWFID_RECIPE)
+	for m in cwfid_vit cwfid_k3_ip3 cwfid_k3_ip3_from_vit cwfid_vit_refine cwfid_k3_ip3_from_vit_refine cwfid_k3_ip3_teacher \
+			cwfid_k3_ip3_teacher_refine; do \
 		$(PY) -m clustvit_core.export work_dirs/$$m/final.safetensors $(CWFID_WEIGHTS)/$$m.safetensors || exit 1; done
 
 # The paper's Table I on CWFID: ViT, CTS and ClustViT variants (Segmenter and UPerNet heads) from the same start and
@@ -83,10 +85,10 @@ evaluate-cwfid-bag: $(ROS_STAMP)
 evaluate-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.evaluate cwfid_vit cwfid_k3_ip3 cwfid_k3_ip3_from_vit cwfid_vit_refine cwfid_k3_ip3_from_vit_refine --weights default default default default default --data-root ../shared/data/cwfid --threads 2 --flops-images all --quiet --out out/eval/cwfid --update-readme README.md --readme-section cwfid-accuracy
 
-# The ClustViT trained jointly with cwfid_vit's recipe plus teacher iterations (README section cwfid-teacher; the same
-# evaluation as make evaluate-cwfid's table, whose cwfid_vit row it is compared with).
+# The ClustViT trained jointly with cwfid_vit's recipe plus teacher iterations, and with a refiner on top (README section
+# cwfid-teacher; the same evaluation as make evaluate-cwfid's table, whose cwfid_vit rows it is compared with).
 evaluate-cwfid-teacher: $(STAMP)
-	$(PY) -m clustvit_core.evaluate cwfid_k3_ip3_teacher --weights default --data-root ../shared/data/cwfid --threads 2 --flops-images all --quiet --out out/eval/cwfid_teacher --update-readme README.md --readme-section cwfid-teacher
+	$(PY) -m clustvit_core.evaluate cwfid_k3_ip3_teacher cwfid_k3_ip3_teacher_refine --weights default default --data-root ../shared/data/cwfid --threads 2 --flops-images all --quiet --out out/eval/cwfid_teacher --update-readme README.md --readme-section cwfid-teacher
 
 # The keep_bias knob of the trained CWFID ClustViTs (paper recipe; made from the ViT): what more or fewer tokens cost
 # (README sections cwfid-keep-bias, cwfid-keep-bias-from-vit, cwfid-keep-bias-teacher).
