@@ -122,6 +122,11 @@ benchmark-gpu-onnx: $(STAMP)
 benchmark-onnx: $(STAMP)
 	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --backends torch onnxruntime onnxruntime-mha --images cwfid:test --num-images 100 --size 448 --oracle-clusters --rounds 3 --threads 2 --json out/benchmark_onnx.json --update-readme README.md --readme-section onnx
 
+# The ONNX Runtime rows alone (no PyTorch rows interleaved): ClustViT's speed-up vs its FLOP ratio under ONNX Runtime
+# (README section onnx-alone).
+benchmark-onnx-alone: $(STAMP)
+	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --backends onnxruntime onnxruntime-mha --images cwfid:test --num-images 100 --size 448 --oracle-clusters --rounds 3 --threads 2 --quiet --json out/benchmark_onnx_alone.json --update-readme README.md --readme-section onnx-alone
+
 benchmark-batching: $(STAMP)
 	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 16 --size 448 --oracle-clusters --batch 8 --batch-modes pad split --rounds 4 --threads 2 --json out/benchmark_batching.json --update-readme README.md --readme-section batching
 
