@@ -81,7 +81,8 @@ evaluate-cwfid-bag: $(ROS_STAMP)
 	$(PY) -m clustvit_ros.make_bag out/bags/cwfid_test --dataset cwfid:test --rate 1
 	$(PY) -m clustvit_ros.evaluate_bag out/bags/cwfid_test --model cwfid_k3_ip3_from_vit_decmerge --device cpu --threads 2 --gt-topic /labels --json out/eval/cwfid_bag.json --quiet --update-readme README.md --readme-section ros-cwfid
 
-# The README's CWFID accuracy table: both trained models on the 21 test images at 784x588, one table.
+# The README's CWFID accuracy table: the ViT, the paper-recipe ClustViT, the one made from the ViT, and both with a
+# refiner, on the 21 test images at 784x588, one table.
 evaluate-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.evaluate cwfid_vit cwfid_k3_ip3 cwfid_k3_ip3_from_vit cwfid_vit_refine cwfid_k3_ip3_from_vit_refine --weights default default default default default --data-root ../shared/data/cwfid --threads 2 --flops-images all --quiet --out out/eval/cwfid --update-readme README.md --readme-section cwfid-accuracy
 
@@ -139,7 +140,8 @@ evaluate-keep-bias: $(STAMP)
 
 # The shipped demo model (weights/synthetic_agri_k3_ip3.safetensors, fp16): DINOv2-S start, generated scenes, two
 # stages: everything jointly (synthetic_agri_k3_ip3_base, 1000 iterations, about 30 minutes on a quiet 2-core CPU),
-# then the pixel refiner alone (800 iterations with the rest frozen, each quicker than a joint one); interrupt at will, running it again resumes.
+# then the pixel refiner alone (800 iterations with the rest frozen, each quicker than a joint one); interrupt at
+# will, running it again resumes.
 train-demo: $(STAMP)
 	$(PY) -m clustvit_core.pretrained fetch dinov2_small
 	$(PY) -m clustvit_core.train synthetic_agri_k3_ip3_base --quiet --resume

@@ -378,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         rows, n = run(args)
         summary = summarize(rows, n)
         gpu_rows = args.device.type == "cuda" or (set(args.providers) - {"cpu"} and torch.cuda.is_available())
+        gpu = torch.cuda.get_device_name(args.device if args.device.type == "cuda" else 0) if gpu_rows else None
         setup_line = (f"{n} images from {args.images} at {args.size}x{args.size}, batch {args.batch}, "
-                      + (f"GPU {torch.cuda.get_device_name(args.device if args.device.type == 'cuda' else 0)}, " if gpu_rows else "")
+                      + (f"GPU {gpu}, " if gpu else "")
                       + f"{torch.get_num_threads()} CPU threads ({platform.processor() or platform.machine()}), "
                       f"clusters: {'oracle (ground truth)' if args.oracle_clusters is not None else 'Cluster module'}")
         table = format_table(summary)
@@ -392,8 +393,8 @@ def main(argv: list[str] | None = None) -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             setup = {k: v for k, v in vars(args).items() if k != "json"}
             setup["device"] = str(args.device)
-            if gpu_rows:
-                setup["gpu"] = torch.cuda.get_device_name(args.device if args.device.type == "cuda" else 0)
+            if gpu:
+                setup["gpu"] = gpu
             setup["torch_threads"] = torch.get_num_threads()
             args.json.write_text(json.dumps({"setup": setup, "rows": summary}, indent=2, default=str))
     return 0

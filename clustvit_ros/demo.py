@@ -128,8 +128,8 @@ def markdown(r: dict, args: argparse.Namespace, command: str) -> str:
     from clustvit_ros.evaluate_bag import format_markdown
 
     setup = (f"{r['frames_in']} synthetic {args.kind} frames {args.size} at {args.rate:g} Hz, model {r['model']}, "
-             f"backend {args.backend}" + (f" ({args.providers})" if args.backend != "torch" else "") + f", precision {args.precision}, {torch.get_num_threads()} CPU threads ({platform.machine()}), "
-             f"device {args.device}")
+             f"backend {args.backend}" + (f" ({args.providers})" if args.backend != "torch" else "")
+             + f", precision {args.precision}, {torch.get_num_threads()} CPU threads ({platform.machine()}), device {args.device}")
     return format_markdown(r, setup, command)
 
 
