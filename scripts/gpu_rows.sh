@@ -3,7 +3,10 @@
 # is available"): ViT vs ClustViT, CWFID test images, oracle clusters, batch 1, 518x518 (37 x 14, DINOv2's size);
 # PyTorch in fp32 / fp16 / bf16 (autocast), then ONNX Runtime's CUDA and TensorRT providers where this Python's
 # onnxruntime has them (onnxruntime-gpu; TensorRT also fp16). Random weights: speed and tokens do not depend on them
-# (the clusters come from the ground truth). Tables and JSON go to $OUT (default out/gpu).
+# (the clusters come from the ground truth). Models: Table I's backbones (ViT, CTS, ClustViT k3 ip3, and with
+# decoder merging), Segmenter head at batch 1; the UPerNet pair; batch 8 (pad / split); scripts/profile_torch.py's
+# per-image kernel time vs wall time. The log (gpu_rows.log) and JSON go to $OUT
+# (default out/gpu).
 #
 #   bash scripts/gpu_rows.sh                         # python3 with torch, timm, onnx(runtime), safetensors, yaml, cv2
 #   DEVICE=cpu SIZE=112 NUM=2 ROUNDS=1 WARMUP=0 bash scripts/gpu_rows.sh   # a dry run of the same steps on the CPU
@@ -21,11 +24,13 @@ ROUNDS=${ROUNDS:-10}
 WARMUP=${WARMUP:-3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
-COMMON=(--models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images "$NUM" --size "$SIZE" --oracle-clusters
+exec > >(tee "$OUT/gpu_rows.log") 2>&1  # everything printed, also in $OUT
+MODELS=(cwfid_vit cwfid_cts cwfid_k3_ip3 cwfid_k3_ip3_decmerge)
+COMMON=(--images cwfid:test --num-images "$NUM" --size "$SIZE" --oracle-clusters
         --device "$DEVICE" --warmup "$WARMUP" --rounds "$ROUNDS" --quiet)
 if [ "$DEVICE" = cpu ]; then PRECISIONS=(fp32 bf16); else PRECISIONS=(fp32 fp16 bf16); fi
 
-"$PY" - <<'EOF' | tee "$OUT/machine.txt"
+"$PY" - <<'EOF'
 import platform, torch
 print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
 print("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
@@ -36,9 +41,23 @@ except ImportError:
     print("onnxruntime: not installed")
 EOF
 
-echo "== torch: ${PRECISIONS[*]}"
-"$PY" -m clustvit_core.benchmark "${COMMON[@]}" --precisions "${PRECISIONS[@]}" --json "$OUT/benchmark_torch.json" \
-    | tee "$OUT/benchmark_torch.txt"
+echo "== torch: ${PRECISIONS[*]}, batch 1"
+"$PY" -m clustvit_core.benchmark --models "${MODELS[@]}" "${COMMON[@]}" --precisions "${PRECISIONS[@]}" \
+    --json "$OUT/benchmark_torch.json" || echo "torch rows failed"
+
+echo "== torch, UPerNet head: ${PRECISIONS[*]:0:2}"
+"$PY" -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 head=uper uper_channels=256 "${COMMON[@]}" \
+    --precisions "${PRECISIONS[@]:0:2}" --json "$OUT/benchmark_uper.json" || echo "UPerNet rows failed"
+
+echo "== torch: batch 8, pad / split, ${PRECISIONS[*]: -2:1}"
+"$PY" -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 "${COMMON[@]}" --precisions "${PRECISIONS[@]: -2:1}" \
+    --batch 8 --batch-modes pad split --json "$OUT/benchmark_batch8.json" || echo "batch 8 rows failed"
+
+echo "== where the time goes (torch.profiler)"
+for p in "${PRECISIONS[@]:0:2}"; do
+    "$PY" scripts/profile_torch.py --models "${MODELS[@]}" --device "$DEVICE" --precision "$p" --size "$SIZE" \
+        --num-images "$(( NUM < 6 ? NUM : 6 ))" --rounds "$(( ROUNDS < 3 ? ROUNDS : 3 ))" || echo "profile $p failed"
+done 2>&1 | grep -v USDT || true
 
 PROVIDERS=$("$PY" -c "
 try:
@@ -51,9 +70,8 @@ if [ "$DEVICE" = cpu ]; then PROVIDERS=cpu; fi
 if [ -n "$PROVIDERS" ]; then
     echo "== onnxruntime: $PROVIDERS"
     # shellcheck disable=SC2086
-    "$PY" -m clustvit_core.benchmark "${COMMON[@]}" --backends onnxruntime --providers $PROVIDERS \
-        --precisions "${PRECISIONS[@]:0:2}" --json "$OUT/benchmark_onnxruntime.json" | tee "$OUT/benchmark_onnxruntime.txt"
+    "$PY" -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 "${COMMON[@]}" --backends onnxruntime --providers $PROVIDERS \
+        --precisions "${PRECISIONS[@]:0:2}" --json "$OUT/benchmark_onnxruntime.json" || echo "ONNX rows failed"
 else
-    echo "== onnxruntime: no CUDA or TensorRT provider in this Python (pip install onnxruntime-gpu); ONNX rows skipped" \
-        | tee "$OUT/benchmark_onnxruntime.txt"
+    echo "== onnxruntime: no CUDA or TensorRT provider in this Python (pip install onnxruntime-gpu); ONNX rows skipped"
 fi
