@@ -126,7 +126,7 @@ RegenerateFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 """(own [M, D], representatives [B, k, D], batch_index [M], cluster_index [M]) -> [M, D]"""
 
 
-def regenerate(y: Tensor, x_ip: Tensor, plan: MergePlan, expand: RegenerateFn) -> Tensor:
+def regenerate(y: Tensor, x_ip: Tensor, plan: MergePlan, expand: RegenerateFn, dense: bool | None = None) -> Tensor:
     """Restore every patch token after the reduced blocks.
 
     Kept tokens go back to their grid positions; each clustered position gets
@@ -136,11 +136,23 @@ def regenerate(y: Tensor, x_ip: Tensor, plan: MergePlan, expand: RegenerateFn) -
         y: [B, L, D] processed reduced tokens.
         x_ip: [B, N, D] patch tokens as they were when merged.
         expand: the regenerator (see RegenerateFn).
+        dense: expand every position and keep the clustered ones (no `nonzero`, so no wait for the device,
+            at the cost of expanding the kept positions too) instead of gathering the clustered ones
+            first. Default: dense on a GPU, where the host-device sync costs more than the extra rows.
     Returns:
         [B, N, D] patch tokens.
     """
     grid, representatives = unmerge_tokens(y, plan)
-    batch_index, token_index = (plan.cluster_ids > 0).nonzero(as_tuple=True)
+    clustered = plan.cluster_ids > 0  # [B, N]
+    if dense is None:
+        dense = y.device.type != "cpu"
+    if dense:
+        B, N, D = x_ip.shape
+        batch_index = torch.arange(B, device=y.device).repeat_interleave(N)
+        cluster_index = (plan.cluster_ids - 1).clamp(min=0).reshape(-1)
+        restored = expand(x_ip.reshape(B * N, D), representatives, batch_index, cluster_index).view(B, N, -1)
+        return torch.where(clustered[..., None], restored.to(grid.dtype), grid)
+    batch_index, token_index = clustered.nonzero(as_tuple=True)
     if batch_index.numel() == 0:
         return grid
     cluster_index = plan.cluster_ids[batch_index, token_index] - 1

@@ -6,7 +6,7 @@
 # (the clusters come from the ground truth). Models: Table I's backbones (ViT, CTS, ClustViT k3 ip3, and with
 # decoder merging), Segmenter head at batch 1; the UPerNet pair; batch 8 (pad / split); scripts/profile_torch.py's
 # per-image kernel time vs wall time. The log (gpu_rows.log) and JSON go to $OUT
-# (default out/gpu).
+# (default out/gpu), the tables also into README.md's sections gpu, gpu-uper and gpu-batch8 (copied to $OUT too).
 #
 #   bash scripts/gpu_rows.sh                         # python3 with torch, timm, onnx(runtime), safetensors, yaml, cv2
 #   DEVICE=cpu SIZE=112 NUM=2 ROUNDS=1 WARMUP=0 bash scripts/gpu_rows.sh   # a dry run of the same steps on the CPU
@@ -43,15 +43,18 @@ EOF
 
 echo "== torch: ${PRECISIONS[*]}, batch 1"
 "$PY" -m clustvit_core.benchmark --models "${MODELS[@]}" "${COMMON[@]}" --precisions "${PRECISIONS[@]}" \
-    --json "$OUT/benchmark_torch.json" || echo "torch rows failed"
+    --json "$OUT/benchmark_torch.json" \
+    --update-readme README.md --readme-section gpu || echo "torch rows failed"
 
 echo "== torch, UPerNet head: ${PRECISIONS[*]:0:2}"
 "$PY" -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 head=uper uper_channels=256 "${COMMON[@]}" \
-    --precisions "${PRECISIONS[@]:0:2}" --json "$OUT/benchmark_uper.json" || echo "UPerNet rows failed"
+    --precisions "${PRECISIONS[@]:0:2}" --json "$OUT/benchmark_uper.json" \
+    --update-readme README.md --readme-section gpu-uper || echo "UPerNet rows failed"
 
 echo "== torch: batch 8, pad / split, ${PRECISIONS[*]: -2:1}"
 "$PY" -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 "${COMMON[@]}" --precisions "${PRECISIONS[@]: -2:1}" \
-    --batch 8 --batch-modes pad split --json "$OUT/benchmark_batch8.json" || echo "batch 8 rows failed"
+    --batch 8 --batch-modes pad split --json "$OUT/benchmark_batch8.json" \
+    --update-readme README.md --readme-section gpu-batch8 || echo "batch 8 rows failed"
 
 echo "== where the time goes (torch.profiler)"
 for p in "${PRECISIONS[@]:0:2}"; do
@@ -75,3 +78,4 @@ if [ -n "$PROVIDERS" ]; then
 else
     echo "== onnxruntime: no CUDA or TensorRT provider in this Python (pip install onnxruntime-gpu); ONNX rows skipped"
 fi
+cp README.md "$OUT/README.md"

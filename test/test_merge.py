@@ -178,3 +178,39 @@ def test_drop_mask_leaves_padding_out_and_the_segmenter_uses_it_for_letterbox(tm
     wide = np.zeros((32, 128, 3), np.uint8)  # letterboxed into 64x64: 16 rows of image, 48 of padding
     result = seg(wide, keep_bias=50.0)  # nothing merged: the tokens are the image's patches only
     assert result.tokens == 4 and result.labels.shape == (32, 128)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_dense_regenerate_equals_the_gathered_one(residual):
+    """The GPU path (every position expanded, clustered ones kept) gives the CPU path's tokens, left-out
+    positions (-1) and images with nothing clustered included."""
+    from clustvit_core.model import Regenerator
+
+    torch.manual_seed(0)
+    ids = torch.tensor([[0, 2, 2, 0, 1, -1], [0, 0, 0, 0, 0, 0], [3, 3, 1, 1, 0, 2]])
+    plan = plan_merge(ids, k=3)
+    x_ip = torch.randn(3, 6, 8)
+    y = torch.randn(3, plan.slots.shape[1], 8)
+    regenerator = Regenerator(8, residual=residual)
+    torch.nn.init.normal_(regenerator.fc2.weight)
+    with torch.no_grad():
+        gathered = regenerate(y, x_ip, plan, regenerator, dense=False)
+        dense = regenerate(y, x_ip, plan, regenerator, dense=True)
+    torch.testing.assert_close(dense, gathered)
+    assert gathered[0, 5].abs().sum() == 0  # left out: zero in both
+
+
+def test_resampled_position_embedding_is_reused_until_the_parameter_changes():
+    from conftest import tiny_model
+
+    backbone = tiny_model().eval().backbone
+    with torch.no_grad():
+        first = backbone.position_embedding((5, 3))
+        assert backbone.position_embedding((5, 3)) is first  # kept
+        assert backbone.position_embedding((4, 4)) is backbone.pos_embed  # the trained grid: the parameter itself
+        backbone.pos_embed.add_(1.0)  # an optimizer step or a load: recomputed
+        again = backbone.position_embedding((5, 3))
+    assert again is not first
+    torch.testing.assert_close(again, first + 1.0)
+    out = backbone.position_embedding((5, 3))  # with gradients: computed, differentiable
+    assert out.requires_grad and out is not again
