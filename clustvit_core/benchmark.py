@@ -28,6 +28,7 @@ from .errors import ConfigError, InputError, cli_errors
 from .devices import DEVICE_HELP, PRECISIONS, autocast_dtype, resolve_device
 from .flops import flop_breakdown
 from .preprocessing import preprocess
+from .cuda_graphs import GraphedModel
 from .pseudo import oracle_ids, oracle_purity
 from .readme import check_section, command_line, replace_section
 from .registry import build_model, parse_overrides, split_key_values
@@ -131,7 +132,19 @@ def run(args) -> list[Row]:
                 backends.append("torch" if precision == "fp32" else f"torch {precision}")
                 names.append(name + (f" [{mode}]" if len(modes) > 1 else "") + (f" [{precision}]" if precision != "fp32" else ""))
                 casts.append(autocast_dtype(precision, device, "--precisions"))
-    counted = list(models)  # the torch model whose FLOPs each row reports
+    if args.cuda_graphs:  # the same models (same weights) replayed from CUDA graphs: rows "NAME [graphs]"
+        if torch.device(device).type != "cuda":
+            print("note: --cuda-graphs without a CUDA device: the graph rows run their recorded parts eagerly (a dry run)",
+                  file=sys.stderr)
+        for twin, name, backend in list(zip(models, names, backends)):
+            if "[split]" in name:
+                continue  # a graph always runs the padded batch
+            precision = backend.split()[-1] if backend != "torch" else "fp32"
+            models.append(GraphedModel(twin.eval(), precision=precision))
+            names.append(name.replace(f" [{precision}]", "") + " [graphs]" + (f" [{precision}]" if precision != "fp32" else ""))
+            backends.append(backend.replace("torch", "torch graphs"))
+            casts.append(None)  # GraphedModel applies its precision itself
+    counted = [m.model if isinstance(m, GraphedModel) else m for m in models]  # the torch model whose FLOPs each row reports
     onnx_backends = [b for b in args.backends if b != "torch"]
     if onnx_backends and any(m.config.sharing for m in models):
         print("note: CTS models have no ONNX export; they run with torch only", file=sys.stderr)
@@ -293,7 +306,7 @@ def format_table(summary: list[dict]) -> str:
         if d["clustering"]:
             note = (f"- {d['model']}: Cluster MLP {100 * d['cluster_share']:.1f} % and Regenerator "
                     f"{100 * d['regenerator_share']:.1f} % of all FLOPs")
-            if "flop_ratio_total" in d and not d["backend"].startswith("torch"):
+            if "flop_ratio_total" in d and not math.isfinite(d.get("speedup_vs_flop_ratio_backbone", math.nan)):
                 note += f"; whole-model speed-up = {100 * d['speedup_vs_flop_ratio_total']:.0f} % of the total FLOP ratio"
             elif "flop_ratio_total" in d:
                 note += (f"; backbone speed-up = {100 * d['speedup_vs_flop_ratio_backbone']:.0f} % of the backbone FLOP ratio; "
@@ -330,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch, onnxruntime, onnxruntime-mha: run the models with PyTorch (eager) and/or ONNX Runtime (CPU; "
                         "each model exported at --size first; -mha: exported with ONNX Runtime's fused MultiHeadAttention, "
                         "export --attention ort); one row per model and backend, ratios within a backend (default torch)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="add a row per torch row with the model replayed from CUDA graphs (clustvit_core.cuda_graphs: "
+                        "a ClustViT as two recorded parts, its reduced length rounded up to a multiple of 32); ratios "
+                        "within the graph rows. Without CUDA the parts run eagerly (a dry run)")
     parser.add_argument("--providers", nargs="+", default=["cpu"], choices=ONNX_PROVIDERS,
                         help="ONNX Runtime providers for the onnxruntime rows, one row set each: cpu (the onnxruntime wheel), "
                         "cuda, tensorrt (both need onnxruntime-gpu; tensorrt also the tensorrt wheels and gets one row set per "

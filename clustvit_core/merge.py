@@ -35,15 +35,19 @@ class MergePlan(NamedTuple):
     padded: bool  # some image is shorter than L, so attention needs a key mask
 
 
-def assign_clusters(cluster_logits: Tensor, keep_bias: float = 0.0) -> Tensor:
+def assign_clusters(cluster_logits: Tensor, keep_bias: float | Tensor = 0.0) -> Tensor:
     """Hard assignment from cluster logits.
 
     Args:
         cluster_logits: [B, N, k + 1]; column 0 is "keep as is".
-        keep_bias: added to the keep logit before the argmax; > 0 merges fewer tokens.
+        keep_bias: added to the keep logit before the argmax; > 0 merges fewer tokens. A 0-dim tensor
+            is added as it is (no host read: a CUDA graph replays it with whatever value it holds).
     Returns:
         [B, N] long cluster ids, 0 = kept.
     """
+    if isinstance(keep_bias, Tensor):
+        zeros = cluster_logits.new_zeros(cluster_logits.shape[-1] - 1)
+        return (cluster_logits + torch.cat([keep_bias.reshape(1).to(cluster_logits.dtype), zeros])).argmax(dim=-1)
     if keep_bias:
         bias = torch.zeros(cluster_logits.shape[-1], dtype=cluster_logits.dtype, device=cluster_logits.device)
         bias[0] = keep_bias
@@ -51,7 +55,25 @@ def assign_clusters(cluster_logits: Tensor, keep_bias: float = 0.0) -> Tensor:
     return cluster_logits.argmax(dim=-1)
 
 
-def plan_merge(cluster_ids: Tensor, k: int, keep_empty: bool = False) -> MergePlan:
+def token_counts(cluster_ids: Tensor, k: int, keep_empty: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-image reduced lengths, without reading anything on the host.
+
+    Args:
+        cluster_ids: [B, N] long in -1..k.
+    Returns:
+        tokens [B] (kept + non-empty clusters, + empty ones with keep_empty), counts [B, k] (members per
+        cluster), present [B, N + k] bool (which slots of the slot space are in the sequence).
+    """
+    B, N = cluster_ids.shape
+    members = (cluster_ids > 0).long()  # left-out tokens (-1) count nowhere
+    counts = torch.zeros(B, k + 1, dtype=torch.long, device=cluster_ids.device).scatter_add_(
+        1, cluster_ids.clamp(min=0), members)
+    counts = counts[:, 1:]
+    present = torch.cat([cluster_ids == 0, (counts > 0) | keep_empty], dim=1)  # [B, N + k]
+    return present.sum(dim=1), counts, present
+
+
+def plan_merge(cluster_ids: Tensor, k: int, keep_empty: bool = False, length: int | None = None) -> MergePlan:
     """Plan the reduced sequence of every image.
 
     Args:
@@ -60,23 +82,25 @@ def plan_merge(cluster_ids: Tensor, k: int, keep_empty: bool = False) -> MergePl
         keep_empty: False (ours): empty clusters are dropped from the sequence. True (the ClustViT
             authors' forward): every image gets all k cluster tokens, an empty one as a zero vector
             that the other tokens still attend to.
+        length: None: L = max tokens over the batch, read on the host once (the sequence length decides
+            tensor shapes, so this is the one unavoidable device sync). An int (at least every image's
+            token count, at most N + k; the caller's promise): L = length, every row padded and masked, no
+            host read (CUDA graphs captured per length, see `cuda_graphs`).
     Returns:
-        MergePlan. Its length L = max tokens over the batch is read on the host once (the sequence
-        length decides tensor shapes, so this is the one unavoidable device sync).
+        MergePlan.
     """
     B, N = cluster_ids.shape
-    members = (cluster_ids > 0).long()  # left-out tokens (-1) count nowhere
-    counts = torch.zeros(B, k + 1, dtype=torch.long, device=cluster_ids.device).scatter_add_(
-        1, cluster_ids.clamp(min=0), members)
-    counts = counts[:, 1:]
-    present = torch.cat([cluster_ids == 0, (counts > 0) | keep_empty], dim=1)  # [B, N + k]
-    tokens = present.sum(dim=1)
-    shortest, length = (int(v) for v in torch.aminmax(tokens))
+    tokens, counts, present = token_counts(cluster_ids, k, keep_empty)
+    if length is None:
+        shortest, length = torch.stack(torch.aminmax(tokens)).tolist()  # one host read for both
+        padded = shortest < length
+    else:
+        padded = True
     # A stable sort of "absent" flags lists the present slots first, each group in slot order.
     order = torch.argsort((~present).to(torch.uint8), dim=1, stable=True)[:, :length]
     valid = torch.arange(length, device=cluster_ids.device) < tokens[:, None]
     slots = torch.where(valid, order, torch.full_like(order, N + k))
-    return MergePlan(cluster_ids, slots, valid, counts, tokens, k, shortest < length)
+    return MergePlan(cluster_ids, slots, valid, counts, tokens, k, padded)
 
 
 def cluster_means(x: Tensor, plan: MergePlan) -> Tensor:
@@ -148,7 +172,7 @@ def regenerate(y: Tensor, x_ip: Tensor, plan: MergePlan, expand: RegenerateFn, d
         dense = y.device.type != "cpu"
     if dense:
         B, N, D = x_ip.shape
-        batch_index = torch.arange(B, device=y.device).repeat_interleave(N)
+        batch_index = torch.arange(B, device=y.device)[:, None].expand(B, N).reshape(-1)
         cluster_index = (plan.cluster_ids - 1).clamp(min=0).reshape(-1)
         restored = expand(x_ip.reshape(B * N, D), representatives, batch_index, cluster_index).view(B, N, -1)
         return torch.where(clustered[..., None], restored.to(grid.dtype), grid)

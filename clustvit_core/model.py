@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +77,18 @@ class BackboneOutput:
     reduced: Tensor | None = None  # [B, L, D] final-normed merged sequence after the last block (decoder_merge)
     plan: MergePlan | None = None  # its merge plan (decoder_merge)
     x_ip: Tensor | None = None  # [B, N, D] patch tokens as they were merged (decoder_merge)
+
+
+class PreMerge(NamedTuple):
+    """A ClustViT's state at the merge (`ClustViTBackbone.prepare_merge`)."""
+
+    features: dict  # {block index: [B, 1 + N, D] or patch tokens} requested before ip
+    cls: Tensor  # [B, 1, D] the CLS token after block ip - 1
+    x_ip: Tensor  # [B, N, D] patch tokens after block ip - 1
+    cluster_logits: Tensor  # [B, N, k + 1]
+    cluster_ids: Tensor  # [B, N] long in -1..k
+    keep_empty: bool
+    grid: tuple[int, int]  # (h, w)
 
 
 class ClusterMLP(nn.Module):
@@ -255,22 +268,31 @@ class ClustViTBackbone(nn.Module):
             self._resampled_pos_embed = cached
         return cached[1]
 
-    def forward(self, images: Tensor, out_indices: tuple[int, ...], cluster_ids: Tensor | None = None, keep_bias: float = 0.0,
+    def forward(self, images: Tensor, out_indices: tuple[int, ...], cluster_ids: Tensor | None = None, keep_bias: float | Tensor = 0.0,
                 share_scores: Tensor | None = None, drop_mask: Tensor | None = None) -> BackboneOutput:
         """images [B, C, H, W] with H, W multiples of the patch size -> features after `out_indices` blocks.
         CTS: `share_scores` [B, gh, gw] (e.g. block purity of the ground truth: oracle sharing) replace the policy's.
-        ClustViT: `drop_mask` [B, h, w] bool marks patches to leave out of the sequence (letterbox padding)."""
+        ClustViT: `drop_mask` [B, h, w] bool marks patches to leave out of the sequence (letterbox padding).
+        A ClustViT runs as `prepare_merge` then `finish_merge` (the split a CUDA graph runner needs)."""
         B, _, H, W = images.shape
         h, w = H // self.patch_size, W // self.patch_size
-        x = self.patch_embed(images)  # [B, N, D]
         if self.cts_reduction is not None:
-            return self._forward_shared(images, x, (h, w), out_indices, share_scores)
-        x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + self.position_embedding((h, w))
+            return self._forward_shared(images, self.patch_embed(images), (h, w), out_indices, share_scores)
         if not self.clustering:
+            x = torch.cat([self.cls_token.expand(B, -1, -1), self.patch_embed(images)], dim=1) + self.position_embedding((h, w))
             features = self._run_blocks(x, 0, None, None, out_indices)
             tokens = torch.full((B,), h * w, dtype=torch.long, device=images.device)
             return BackboneOutput(self._maps(features, h, w), None, None, tokens)
+        state = self.prepare_merge(images, out_indices, cluster_ids, keep_bias, drop_mask)
+        return self.finish_merge(state, out_indices)
 
+    def prepare_merge(self, images: Tensor, out_indices: tuple[int, ...], cluster_ids: Tensor | None = None,
+                      keep_bias: float | Tensor = 0.0, drop_mask: Tensor | None = None) -> PreMerge:
+        """ClustViT up to the merge: patch embedding, the blocks before `ip`, the Cluster module's choice.
+        Reads nothing on the host (unless empty_clusters "zeros" or checks of given ids on the CPU)."""
+        B, _, H, W = images.shape
+        h, w = H // self.patch_size, W // self.patch_size
+        x = torch.cat([self.cls_token.expand(B, -1, -1), self.patch_embed(images)], dim=1) + self.position_embedding((h, w))
         features = self._run_blocks(x, 0, None, None, tuple(i for i in out_indices if i < self.ip), stop=self.ip)
         x = features.pop("x")
         x_ip = x[:, 1:]
@@ -287,18 +309,25 @@ class ClustViTBackbone(nn.Module):
         if keep_empty and bool((ids == ids.view(-1)[0]).all()):
             ids = torch.zeros_like(ids)  # the authors' forward merges nothing when the batch holds a single id
             keep_empty = False
-        plan = plan_merge(ids, self.k, keep_empty)
+        return PreMerge(features, x[:, :1], x_ip, logits, ids, keep_empty, (h, w))
+
+    def finish_merge(self, state: PreMerge, out_indices: tuple[int, ...], length: int | None = None) -> BackboneOutput:
+        """ClustViT from the merge on: plan (`merge.plan_merge`, `length` as there), reduced blocks, regeneration."""
+        features, cls, x_ip, logits, ids, keep_empty, (h, w) = state
+        features = dict(features)
+        B = x_ip.shape[0]
+        plan = plan_merge(ids, self.k, keep_empty, length=length)
         later = tuple(i for i in out_indices if i >= self.ip)
-        if plan.padded and self.split_batches(images, plan) and not self.decoder_merge:
+        if plan.padded and length is None and not self.decoder_merge and self.split_batches(x_ip, plan):
             # Image by image: each reduced sequence is a prefix of its padded row (see MergePlan).
             parts = []
             for b in range(B):
                 plan_b = plan_merge(ids[b : b + 1], self.k, keep_empty)
-                x_b = torch.cat([x[b : b + 1, :1], merge_tokens(x_ip[b : b + 1], plan_b)], dim=1)
+                x_b = torch.cat([cls[b : b + 1], merge_tokens(x_ip[b : b + 1], plan_b)], dim=1)
                 parts.append(self._run_blocks(x_b, self.ip, plan_b, x_ip[b : b + 1], later))
             features.update({i: torch.cat([p[i] for p in parts]) for i in later})
         else:
-            x = torch.cat([x[:, :1], merge_tokens(x_ip, plan)], dim=1)
+            x = torch.cat([cls, merge_tokens(x_ip, plan)], dim=1)
             features.update(self._run_blocks(x, self.ip, plan, x_ip, later))
         reduced = features.pop("reduced", None)
         merged = reduced is not None
@@ -327,14 +356,14 @@ class ClustViTBackbone(nn.Module):
         tokens = torch.full((B,), plan.tokens, dtype=torch.long, device=images.device)
         return BackboneOutput(self._maps(features, h, w), None, None, tokens, policy_logits)
 
-    def split_batches(self, images: Tensor, plan) -> bool:
+    def split_batches(self, x: Tensor, plan) -> bool:
         """Whether images of different reduced lengths run the reduced blocks one by one instead of as one
         padded, masked batch. `batch_mode` "split" / "pad" decide. "auto" splits on CPU when the longest
         reduced sequence has >= SPLIT_MIN_TOKENS tokens: there, measured with
         `python -m clustvit_core.benchmark --batch 8 --batch-modes pad split`, splitting beat padding at
         512x512 (no compute on padding) and lost at 128x128 (per-image overhead). On GPUs it pads."""
         if self.batch_mode == "auto":
-            return images.device.type == "cpu" and plan.slots.shape[1] >= SPLIT_MIN_TOKENS
+            return x.device.type == "cpu" and plan.slots.shape[1] >= SPLIT_MIN_TOKENS
         return self.batch_mode == "split"
 
     def _run_blocks(self, x: Tensor, start: int, plan, x_ip, out_indices, stop: int | None = None) -> dict:
@@ -457,6 +486,11 @@ class ClustViT(nn.Module):
             raise InputError("drop_mask given to a model without a Cluster module (k is not set)")
         out = self.backbone(images, self.out_indices, cluster_ids=cluster_ids, keep_bias=keep_bias, share_scores=share_scores,
                             drop_mask=drop_mask)
+        return self.decode(images, out, (H, W))
+
+    def decode(self, images: Tensor, out: BackboneOutput, size: tuple[int, int]) -> ClustViTOutput:
+        """The head on the backbone's output: logits at the padded images' size, refined, cropped to `size`."""
+        p = self.backbone.patch_size
         if out.reduced is not None:  # decoder_merge: the mask transformer on the merged sequence
             logits = self._merged_masks(out).transpose(1, 2).reshape(images.shape[0], -1, images.shape[-2] // p, images.shape[-1] // p)
         else:
@@ -464,7 +498,7 @@ class ClustViT(nn.Module):
         logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         if self.refiner is not None:
             logits = self.refiner(images, logits)
-        logits = logits[..., :H, :W]
+        logits = logits[..., : size[0], : size[1]]
         return ClustViTOutput(logits, out.cluster_ids, out.cluster_logits, out.tokens, out.policy_logits)
 
     def _merged_masks(self, out: BackboneOutput) -> Tensor:

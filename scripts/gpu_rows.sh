@@ -28,7 +28,10 @@ exec > >(tee "$OUT/gpu_rows.log") 2>&1  # everything printed, also in $OUT
 MODELS=(cwfid_vit cwfid_cts cwfid_k3_ip3 cwfid_k3_ip3_decmerge)
 COMMON=(--images cwfid:test --num-images "$NUM" --size "$SIZE" --oracle-clusters
         --device "$DEVICE" --warmup "$WARMUP" --rounds "$ROUNDS" --quiet)
-if [ "$DEVICE" = cpu ]; then PRECISIONS=(fp32 bf16); else PRECISIONS=(fp32 fp16 bf16); fi
+if [ -n "${PRECISIONS:-}" ]; then read -ra PRECISIONS <<< "$PRECISIONS"
+elif [ "$DEVICE" = cpu ]; then PRECISIONS=(fp32 bf16); else PRECISIONS=(fp32 fp16 bf16); fi
+GRAPHS=(--cuda-graphs)  # every torch row also replayed from CUDA graphs (clustvit_core.cuda_graphs); NO_GRAPHS=1: not
+if [ -n "${NO_GRAPHS:-}" ]; then GRAPHS=(); fi
 
 "$PY" - <<'EOF'
 import platform, torch
@@ -42,22 +45,28 @@ except ImportError:
 EOF
 
 echo "== torch: ${PRECISIONS[*]}, batch 1"
-"$PY" -m clustvit_core.benchmark --models "${MODELS[@]}" "${COMMON[@]}" --precisions "${PRECISIONS[@]}" \
+if [ "$DEVICE" != cpu ] && [ ${#GRAPHS[@]} -gt 0 ]; then
+    echo "== CUDA graphs: replay equals eager (test/test_cuda_graphs.py)"
+    "$PY" -m pytest -q -p no:cacheprovider test/test_cuda_graphs.py -k cuda || echo "CUDA graph test failed"
+fi
+
+"$PY" -m clustvit_core.benchmark --models "${MODELS[@]}" "${COMMON[@]}" "${GRAPHS[@]}" --precisions "${PRECISIONS[@]}" \
     --json "$OUT/benchmark_torch.json" \
     --update-readme README.md --readme-section gpu || echo "torch rows failed"
 
 echo "== torch, UPerNet head: ${PRECISIONS[*]:0:2}"
-"$PY" -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 head=uper uper_channels=256 "${COMMON[@]}" \
+"$PY" -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 head=uper uper_channels=256 "${COMMON[@]}" "${GRAPHS[@]}" \
     --precisions "${PRECISIONS[@]:0:2}" --json "$OUT/benchmark_uper.json" \
     --update-readme README.md --readme-section gpu-uper || echo "UPerNet rows failed"
 
-echo "== torch: batch 8, pad / split, ${PRECISIONS[*]: -2:1}"
-"$PY" -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 "${COMMON[@]}" --precisions "${PRECISIONS[@]: -2:1}" \
+B8=$([ "$DEVICE" = cpu ] && echo fp32 || echo fp16)
+echo "== torch: batch 8, pad / split, $B8"
+"$PY" -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 "${COMMON[@]}" "${GRAPHS[@]}" --precisions "$B8" \
     --batch 8 --batch-modes pad split --json "$OUT/benchmark_batch8.json" \
     --update-readme README.md --readme-section gpu-batch8 || echo "batch 8 rows failed"
 
 echo "== where the time goes (torch.profiler)"
-for p in "${PRECISIONS[@]:0:2}"; do
+for p in ${PROFILE_PRECISIONS:-${PRECISIONS[@]:0:2}}; do
     "$PY" scripts/profile_torch.py --models "${MODELS[@]}" --device "$DEVICE" --precision "$p" --size "$SIZE" \
         --num-images "$(( NUM < 6 ? NUM : 6 ))" --rounds "$(( ROUNDS < 3 ? ROUNDS : 3 ))" || echo "profile $p failed"
 done 2>&1 | grep -v USDT || true

@@ -1,0 +1,110 @@
+"""GraphedModel: the two-part (prepare / finish per padded length) inference that CUDA graphs record.
+On the CPU the same parts run eagerly (capture=False); the capture itself is tested where CUDA is."""
+import pytest
+import torch
+
+import clustvit_core as cc
+from clustvit_core.cuda_graphs import GraphedModel
+from conftest import TINY, tiny_model
+
+VARIANTS = [
+    {},
+    {"k": None, "ip": None},
+    {"head": "uper", "uper_channels": 16},
+    {"decoder_merge": True},
+    {"decoder_merge": True, "decoder_restore": "regenerate"},
+    {"proportional_attention": True, "regenerator": "residual"},
+    {"refine_channels": 8},
+]
+
+
+def _images():
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, 64, 64)
+    x[0] *= 0.01  # a flat image: few tokens, so the images' lengths differ
+    return x
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_graphed_parts_equal_the_model(overrides):
+    torch.manual_seed(0)
+    model = tiny_model(**overrides).eval()
+    graphed = GraphedModel(model, bucket=4, capture=False)
+    x = _images()
+    for keep_bias in (0.0, 3.0, -1.0):
+        with torch.no_grad():
+            ref = model(x, keep_bias=keep_bias)
+        out = graphed(x, keep_bias=keep_bias)
+        torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=1e-4)
+        assert torch.equal(out.tokens, ref.tokens)
+        if model.clustering:
+            assert torch.equal(out.cluster_ids, ref.cluster_ids)
+
+
+def test_lengths_are_rounded_to_the_bucket_and_parts_reused():
+    model = tiny_model().eval()
+    graphed = GraphedModel(model, bucket=8, capture=False)
+    x = _images()
+    graphed(x, keep_bias=0.0)
+    first = graphed.graphs()  # part A + one part B
+    graphed(x, keep_bias=0.0)
+    assert first == 2 and graphed.graphs() == 2  # same shape, same padded length: nothing new
+    lengths = set(graphed.shapes[next(iter(graphed.shapes))].finish)
+    assert all(n % 8 == 0 or n == 16 + 3 for n in lengths)  # multiples of the bucket, capped at N + k
+    graphed(x[:1], keep_bias=0.0)  # a new batch size: its own parts
+    assert graphed.graphs() == 4
+
+
+def test_oracle_inputs_pass_through():
+    model = tiny_model().eval()
+    ids = torch.randint(0, 4, (3, 4, 4))
+    graphed = GraphedModel(model, capture=False)
+    x = _images()
+    with torch.no_grad():
+        ref = model(x, cluster_ids=ids)
+    out = graphed(x, cluster_ids=ids)
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=1e-4)
+    assert torch.equal(out.tokens, ref.tokens)
+    cts = cc.build_model("cwfid_cts", **TINY, cts_reduction=0.3).eval()
+    scores = torch.rand(3, 2, 2)
+    with torch.no_grad():
+        ref = cts(x, share_scores=scores)
+    torch.testing.assert_close(GraphedModel(cts, capture=False)(x, share_scores=scores).logits, ref.logits)
+
+
+def test_outputs_are_copies_not_the_recorded_buffers():
+    model = tiny_model().eval()
+    graphed = GraphedModel(model, capture=False)
+    x = _images()
+    a = graphed(x)
+    b = graphed(x * 2)
+    assert a.logits.data_ptr() != b.logits.data_ptr()
+
+
+def test_clear_errors():
+    model = tiny_model()
+    with pytest.raises(cc.ConfigError, match="model.eval"):
+        GraphedModel(model.train())
+    with pytest.raises(cc.ConfigError, match="empty_clusters 'zeros'"):
+        GraphedModel(tiny_model(empty_clusters="zeros").eval())
+    with pytest.raises(cc.ConfigError, match="needs the model on a CUDA device"):
+        GraphedModel(model.eval(), capture=True)
+    with pytest.raises(cc.ConfigError, match="multiple of the patch size"):
+        GraphedModel(model.eval(), capture=False)(torch.randn(1, 3, 60, 64))
+    with pytest.raises(cc.ConfigError, match="fp16 needs a CUDA device"):
+        GraphedModel(model.eval(), precision="fp16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graphs_replay_equals_eager_on_cuda():
+    torch.manual_seed(0)
+    for overrides in ({}, {"k": None, "ip": None}, {"decoder_merge": True}):
+        model = tiny_model(**overrides).eval().cuda()
+        graphed = GraphedModel(model, bucket=4)
+        x = _images().cuda()
+        for keep_bias in (0.0, 3.0, 0.0):
+            with torch.no_grad():
+                ref = model(x, keep_bias=keep_bias)
+            out = graphed(x, keep_bias=keep_bias)
+            torch.testing.assert_close(out.logits, ref.logits, atol=1e-4, rtol=1e-3)
+            assert torch.equal(out.tokens, ref.tokens)
