@@ -10,6 +10,8 @@
 #
 #   bash scripts/gpu_rows.sh                         # python3 with torch, timm, onnx(runtime), safetensors, yaml, cv2
 #   DEVICE=cpu SIZE=112 NUM=2 ROUNDS=1 WARMUP=0 bash scripts/gpu_rows.sh   # a dry run of the same steps on the CPU
+#   PRECISIONS="fp32 fp16" PROFILE_PRECISIONS=fp16 ROUNDS=6 WARMUP=2 bash scripts/gpu_rows.sh   # shorter (README's)
+# NO_GRAPHS=1 leaves out the CUDA-graph rows (they are also left out when test_cuda_graphs fails on that machine).
 #
 # It needs the CWFID test split: CLUSTVIT_CWFID_ROOT (default ../shared/data/cwfid); where ../shared does not travel,
 # copy test images + annotations + train_test_split.yaml into an ignored folder and point the variable at it.
