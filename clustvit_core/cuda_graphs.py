@@ -112,14 +112,16 @@ class GraphedModel:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None, cache_enabled=False)
 
     def __call__(self, images: Tensor, keep_bias: float = 0.0, cluster_ids: Tensor | None = None,
-                 share_scores: Tensor | None = None) -> ClustViTOutput:
+                 share_scores: Tensor | None = None, drop_mask: Tensor | None = None) -> ClustViTOutput:
+        """As `ClustViT.forward` (images a multiple of the patch size); outputs are copies."""
         model = self.model
         images = model.check_images(images)
         p = model.backbone.patch_size
         if images.shape[-2] % p or images.shape[-1] % p:
             raise ConfigError(f"GraphedModel: input {tuple(images.shape[-2:])} is not a multiple of the patch size {p}; "
                               "resize or pad it first (preprocess does)")
-        extra = {name: t for name, t in (("cluster_ids", cluster_ids), ("share_scores", share_scores)) if t is not None}
+        given = (("cluster_ids", cluster_ids), ("share_scores", share_scores), ("drop_mask", drop_mask))
+        extra = {name: t for name, t in given if t is not None}
         key = (tuple(images.shape), tuple(sorted((n, tuple(t.shape), t.dtype) for n, t in extra.items())))
         slot = self.shapes.get(key)
         if slot is None:
@@ -147,7 +149,7 @@ class GraphedModel:
             def prepare():
                 with self._autocast():
                     state = backbone.prepare_merge(slot.images, model.out_indices, slot.extra.get("cluster_ids"),
-                                                   keep_bias=slot.keep_bias)
+                                                   keep_bias=slot.keep_bias, drop_mask=slot.extra.get("drop_mask"))
                 return state, token_counts(state.cluster_ids, backbone.k, state.keep_empty)[0]
             slot.prepare = _Part(prepare, self.capture)
         slot.state, tokens = slot.prepare()

@@ -239,11 +239,13 @@ class Segmenter:
             `python -m clustvit_core.export --onnx`) or "auto" (onnxruntime for an .onnx file).
         providers: onnxruntime providers in order of preference: cpu, cuda, tensorrt (fp16 with
             precision="fp16"; TensorRT engines cached in `engine_cache`).
+        cuda_graphs: backend torch on a CUDA device: replay the model from CUDA graphs
+            (`clustvit_core.cuda_graphs`; recorded per input batch size and reduced length on first use).
     """
 
     def __init__(self, model: str | dict, weights: str | None = None, *, device: str = "auto", precision: str = "fp32",
                  input_size: int = 0, threads: int = 0, resize_mode: str = "stretch", backend: str = "auto",
-                 providers: Sequence[str] = ("cpu",), engine_cache: str | None = None):
+                 providers: Sequence[str] = ("cpu",), engine_cache: str | None = None, cuda_graphs: bool = False):
         if resize_mode not in RESIZE_MODES:
             raise ConfigError(f"resize_mode={resize_mode!r}: use one of {', '.join(RESIZE_MODES)}")
         if backend not in BACKENDS:
@@ -276,6 +278,16 @@ class Segmenter:
                 torch.set_num_threads(int(threads))
             self.model = build_model(model, weights="default" if weights in (None, "", "default") else weights)
             self.model.to(self.device)
+        self.runner = self.model  # what a batch goes through (a GraphedModel with cuda_graphs)
+        if cuda_graphs:
+            if self.backend != "torch" or self.device.type != "cuda":
+                raise ConfigError(f"cuda_graphs=true needs backend torch on a CUDA device (got backend {self.backend}, "
+                                  f"device {self.device}); set cuda_graphs false, or device cuda")
+            from .cuda_graphs import GraphedModel
+
+            self.runner = GraphedModel(self.model.eval(), precision=precision)
+            self.autocast_dtype = None  # the graphs apply the precision themselves
+        self.cuda_graphs = bool(cuda_graphs)
         cfg = self.model.config
         self.config = cfg
         self.data = cfg.data
@@ -327,7 +339,7 @@ class Segmenter:
         if self.resize_mode == "letterbox" and self.backend == "torch" and self.model.clustering:
             kwargs["drop_mask"] = padding_patches(contents, self.size, self.data.patch_size).to(self.device)
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            out = self.model(x, keep_bias=float(keep_bias), **kwargs)
+            out = self.runner(x, keep_bias=float(keep_bias), **kwargs)
         self._sync()
         t2 = time.perf_counter()
         network, times = tuple(x.shape[-2:]), (1e3 * (t1 - t0), 1e3 * (t2 - t1))

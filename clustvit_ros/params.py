@@ -98,6 +98,9 @@ PARAMETERS: tuple[Param, ...] = (
     Param("engine_cache", "",
           "Folder where TensorRT keeps its built engines (built once per model and GPU); empty = no cache.",
           configure=True),
+    Param("cuda_graphs", False,
+          "Backend torch on a CUDA device: replay the model from CUDA graphs (recorded per reduced token-count "
+          "bucket on first use; on a GPU far faster at batch 1, see the README's GPU tables).", configure=True),
     Param("resize_mode", "stretch",
           "How frames reach the network's input: stretch (resize; aspect ratio lost) or letterbox (scale to fit, "
           "keep the aspect ratio, pad with the mean colour; masks cropped back).", choices=RESIZE_MODES,

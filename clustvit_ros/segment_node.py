@@ -186,7 +186,7 @@ class SegmentNode(LifecycleNode):
             seg = Segmenter(p("model"), p("weights") or None, device=p("device"), precision=p("precision"),
                             input_size=p("input_size"), threads=p("threads"), resize_mode=p("resize_mode"),
                             backend=p("backend"), providers=provider_list(p("providers")),
-                            engine_cache=p("engine_cache") or None)
+                            engine_cache=p("engine_cache") or None, cuda_graphs=p("cuda_graphs"))
             seg.warm_up()
         except ClustViTError as exc:
             self.configure_error = str(exc)

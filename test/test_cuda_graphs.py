@@ -108,3 +108,41 @@ def test_cuda_graphs_replay_equals_eager_on_cuda():
             out = graphed(x, keep_bias=keep_bias)
             torch.testing.assert_close(out.logits, ref.logits, atol=1e-4, rtol=1e-3)
             assert torch.equal(out.tokens, ref.tokens)
+
+
+def test_letterbox_drop_mask_passes_through():
+    model = tiny_model().eval()
+    x = _images()
+    drop = torch.zeros(3, 4, 4, dtype=torch.bool)
+    drop[:, 3:, :] = True
+    with torch.no_grad():
+        ref = model(x, drop_mask=drop)
+    out = GraphedModel(model, capture=False)(x, drop_mask=drop)
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=1e-4)
+    assert torch.equal(out.tokens, ref.tokens) and (out.cluster_ids[:, 3] == -1).all()
+
+
+def test_segmenter_cuda_graphs_needs_torch_on_cuda(tmp_path):
+    from clustvit_core.predictor import Segmenter
+
+    model = tiny_model()
+    weights = cc.save_checkpoint(tmp_path / "w.safetensors", model.state_dict(), model.config)
+    with pytest.raises(cc.ConfigError, match="cuda_graphs=true needs backend torch on a CUDA device"):
+        Segmenter(model.config.to_dict(), str(weights), device="cpu", cuda_graphs=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_segmenter_with_cuda_graphs_equals_eager_on_cuda(tmp_path):
+    import numpy as np
+
+    from clustvit_core.predictor import Segmenter
+
+    model = tiny_model()
+    weights = cc.save_checkpoint(tmp_path / "w.safetensors", model.state_dict(), model.config)
+    eager = Segmenter(model.config.to_dict(), str(weights), device="cuda")
+    graphed = Segmenter(model.config.to_dict(), str(weights), device="cuda", cuda_graphs=True)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        image = rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)
+        a, b = eager(image), graphed(image)
+        assert (a.labels == b.labels).mean() > 0.999 and a.tokens == b.tokens
