@@ -110,9 +110,10 @@ test: $(ROS_STAMP)
 benchmark-cwfid: $(STAMP)
 	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 100 --size 448 --oracle-clusters --rounds 5 --threads 2 --json out/benchmark_cwfid.json --update-readme README.md
 
-# On a machine with a CUDA GPU: ViT vs ClustViT with PyTorch on the GPU, fp32 and fp16 (518 = 37 x 14, DINOv2's own size).
+# On a machine with a CUDA GPU: ViT vs ClustViT with PyTorch on the GPU, fp32 and fp16, eager and replayed from CUDA graphs
+# (518 = 37 x 14, DINOv2's own size).
 benchmark-gpu: $(STAMP)
-	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 100 --size 518 --oracle-clusters --device cuda --precisions fp32 fp16 --warmup 3 --rounds 10 --json out/benchmark_gpu.json
+	$(PY) -m clustvit_core.benchmark --models cwfid_vit cwfid_k3_ip3 --images cwfid:test --num-images 100 --size 518 --oracle-clusters --device cuda --precisions fp32 fp16 --cuda-graphs --warmup 3 --rounds 10 --json out/benchmark_gpu.json
 
 # The same on a GPU with ONNX Runtime's CUDA and TensorRT providers too (fp32; TensorRT also fp16), beside PyTorch.
 # Needs onnxruntime-gpu instead of onnxruntime, and the tensorrt wheels: pip install onnxruntime-gpu tensorrt.
