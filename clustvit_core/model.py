@@ -279,12 +279,17 @@ class ClustViTBackbone(nn.Module):
         if self.cts_reduction is not None:
             return self._forward_shared(images, self.patch_embed(images), (h, w), out_indices, share_scores)
         if not self.clustering:
-            x = torch.cat([self.cls_token.expand(B, -1, -1), self.patch_embed(images)], dim=1) + self.position_embedding((h, w))
+            x = self._embed(images, (h, w))
             features = self._run_blocks(x, 0, None, None, out_indices)
             tokens = torch.full((B,), h * w, dtype=torch.long, device=images.device)
             return BackboneOutput(self._maps(features, h, w), None, None, tokens)
         state = self.prepare_merge(images, out_indices, cluster_ids, keep_bias, drop_mask)
         return self.finish_merge(state, out_indices)
+
+    def _embed(self, images: Tensor, grid: tuple[int, int]) -> Tensor:
+        """[B, 1 + h*w, D]: CLS token and patch embeddings, plus position embeddings."""
+        cls = self.cls_token.expand(images.shape[0], -1, -1)
+        return torch.cat([cls, self.patch_embed(images)], dim=1) + self.position_embedding(grid)
 
     def prepare_merge(self, images: Tensor, out_indices: tuple[int, ...], cluster_ids: Tensor | None = None,
                       keep_bias: float | Tensor = 0.0, drop_mask: Tensor | None = None) -> PreMerge:
@@ -292,7 +297,7 @@ class ClustViTBackbone(nn.Module):
         Reads nothing on the host (unless empty_clusters "zeros" or checks of given ids on the CPU)."""
         B, _, H, W = images.shape
         h, w = H // self.patch_size, W // self.patch_size
-        x = torch.cat([self.cls_token.expand(B, -1, -1), self.patch_embed(images)], dim=1) + self.position_embedding((h, w))
+        x = self._embed(images, (h, w))
         features = self._run_blocks(x, 0, None, None, tuple(i for i in out_indices if i < self.ip), stop=self.ip)
         x = features.pop("x")
         x_ip = x[:, 1:]
