@@ -146,3 +146,18 @@ def test_segmenter_with_cuda_graphs_equals_eager_on_cuda(tmp_path):
         image = rng.integers(0, 255, (48, 80, 3), dtype=np.uint8)
         a, b = eager(image), graphed(image)
         assert (a.labels == b.labels).mean() > 0.999 and a.tokens == b.tokens
+
+
+def test_profile_torch_script_runs_on_the_cpu(capsys):
+    """scripts/profile_torch.py (the README's GPU profile; on the CPU it lists op types): one small run."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "profile_torch.py"
+    spec = importlib.util.spec_from_file_location("profile_torch", script)
+    profile_torch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_torch)
+    assert profile_torch.main(["--models", "cwfid_vit", "cwfid_k3_ip3", "--images", "synthetic:agri", "--num-images", "1",
+                               "--size", "56", "--rounds", "1", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "cwfid_vit: " in out and "cwfid_k3_ip3: " in out and "ms/img wall" in out and "aten::" in out
