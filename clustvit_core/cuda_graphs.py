@@ -10,7 +10,8 @@ per image. `GraphedModel` therefore records a ClustViT as two parts:
     B[L]: merge padded to L (masked), reduced blocks, regeneration, head              (one graph per L)
 
 A plain ViT or CTS model is one graph. Graphs are recorded on first use of an input shape (and, for
-B, of a length); inputs are copied into fixed buffers, outputs are copied out. With `capture=False`
+B, of a length), each with its own GPU memory for its intermediate tensors (not measured: a few ViT-S
+activations per recorded length); inputs are copied into fixed buffers, outputs are copied out. With `capture=False`
 (the default off CUDA) the same parts run eagerly: the tests check that path on the CPU.
 """
 from __future__ import annotations
