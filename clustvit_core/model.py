@@ -264,9 +264,11 @@ class ClustViTBackbone(nn.Module):
         key = (grid, p.device, p.dtype, p.data_ptr(), p._version)
         cached = getattr(self, "_resampled_pos_embed", None)
         if cached is None or cached[0] != key:
-            cached = (key, resample_pos_embed(p, grid, self.grid))
+            # p.detach() keeps the storage the entry was made from alive, so no later tensor (after .to(), a
+            # load into a new tensor, ...) can reuse its address and pass for it
+            cached = (key, p.detach(), resample_pos_embed(p, grid, self.grid))
             self._resampled_pos_embed = cached
-        return cached[1]
+        return cached[2]
 
     def forward(self, images: Tensor, out_indices: tuple[int, ...], cluster_ids: Tensor | None = None, keep_bias: float | Tensor = 0.0,
                 share_scores: Tensor | None = None, drop_mask: Tensor | None = None) -> BackboneOutput:

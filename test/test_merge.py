@@ -212,5 +212,11 @@ def test_resampled_position_embedding_is_reused_until_the_parameter_changes():
         again = backbone.position_embedding((5, 3))
     assert again is not first
     torch.testing.assert_close(again, first + 1.0)
+    with torch.no_grad():  # moved away and back (new tensors, fresh version counters), changed on the way: recomputed
+        backbone.double()
+        backbone.pos_embed.mul_(2.0)
+        backbone.float()
+        moved = backbone.position_embedding((5, 3))
+    torch.testing.assert_close(moved, 2.0 * again)
     out = backbone.position_embedding((5, 3))  # with gradients: computed, differentiable
     assert out.requires_grad and out is not again
