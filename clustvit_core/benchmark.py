@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .cuda_graphs import GraphedModel
 from .errors import ConfigError, InputError, cli_errors
 from .devices import DEVICE_HELP, PRECISIONS, autocast_dtype, resolve_device
 from .flops import flop_breakdown
 from .preprocessing import preprocess
-from .cuda_graphs import GraphedModel
 from .pseudo import oracle_ids, oracle_purity
 from .readme import check_section, command_line, replace_section
 from .registry import build_model, parse_overrides, split_key_values
@@ -118,6 +118,7 @@ def _timed(fn, device: torch.device | None = None) -> float:
 def run(args) -> list[Row]:
     device = args.device
     models, names, backends, casts = [], [], [], []  # casts: the torch.autocast dtype of each row (None: fp32)
+    precisions = []  # each torch row's precision (for its graph twin)
     exportable = []  # (name, torch model) once per model and batch mode, whatever the precisions
     for name in args.models:
         model = build_model(name, weights=args.weights if args.weights != "none" else None, **args.overrides).to(device)
@@ -132,14 +133,14 @@ def run(args) -> list[Row]:
                 backends.append("torch" if precision == "fp32" else f"torch {precision}")
                 names.append(name + (f" [{mode}]" if len(modes) > 1 else "") + (f" [{precision}]" if precision != "fp32" else ""))
                 casts.append(autocast_dtype(precision, device, "--precisions"))
+                precisions.append(precision)
     if args.cuda_graphs:  # the same models (same weights) replayed from CUDA graphs: rows "NAME [graphs]"
         if torch.device(device).type != "cuda":
             print("note: --cuda-graphs without a CUDA device: the graph rows run their recorded parts eagerly (a dry run)",
                   file=sys.stderr)
-        for twin, name, backend in list(zip(models, names, backends)):
+        for twin, name, backend, precision in list(zip(models, names, backends, precisions)):
             if "[split]" in name:
                 continue  # a graph always runs the padded batch
-            precision = backend.split()[-1] if backend != "torch" else "fp32"
             models.append(GraphedModel(twin.eval(), precision=precision))
             names.append(name.replace(f" [{precision}]", "") + " [graphs]" + (f" [{precision}]" if precision != "fp32" else ""))
             backends.append(backend.replace("torch", "torch graphs"))

@@ -64,7 +64,7 @@ class _Shape:
     def __init__(self, shape: torch.Size, device: torch.device):
         self.images = torch.zeros(shape, device=device)
         self.keep_bias = torch.zeros((), device=device)
-        self.extra: dict[str, Tensor] = {}  # cluster_ids / share_scores given by the caller (oracle runs)
+        self.extra: dict[str, Tensor] = {}  # cluster_ids / share_scores (oracle runs), drop_mask (letterbox)
         self.whole: _Part | None = None  # plain ViT / CTS
         self.prepare: _Part | None = None  # ClustViT part A
         self.finish: dict[int, _Part] = {}  # ClustViT part B per sequence length
@@ -117,6 +117,7 @@ class GraphedModel:
         """As `ClustViT.forward` (images a multiple of the patch size); outputs are copies."""
         model = self.model
         images = model.check_images(images)
+        model.check_inputs(cluster_ids, share_scores, drop_mask)
         p = model.backbone.patch_size
         if images.shape[-2] % p or images.shape[-1] % p:
             raise ConfigError(f"GraphedModel: input {tuple(images.shape[-2:])} is not a multiple of the patch size {p}; "

@@ -485,12 +485,7 @@ class ClustViT(nn.Module):
         pad_h, pad_w = -H % p, -W % p
         if pad_h or pad_w:
             images = F.pad(images, (0, pad_w, 0, pad_h))
-        if cluster_ids is not None and not self.clustering:
-            raise InputError("cluster_ids given to a plain ViT (k=None): it has no Cluster module")
-        if share_scores is not None and not self.config.sharing:
-            raise InputError("share_scores given to a model without token sharing (cts_reduction is not set)")
-        if drop_mask is not None and not self.clustering:
-            raise InputError("drop_mask given to a model without a Cluster module (k is not set)")
+        self.check_inputs(cluster_ids, share_scores, drop_mask)
         out = self.backbone(images, self.out_indices, cluster_ids=cluster_ids, keep_bias=keep_bias, share_scores=share_scores,
                             drop_mask=drop_mask)
         return self.decode(images, out, (H, W))
@@ -520,6 +515,15 @@ class ClustViT(nn.Module):
             return masks.gather(1, reduced_position(plan)[..., None].expand(-1, -1, masks.shape[-1]))
         return self.head(tokens=out.reduced, valid=valid,
                          restore=lambda decoded: regenerate(decoded, out.x_ip, plan, self.decoder_regenerator))
+
+    def check_inputs(self, cluster_ids: Tensor | None, share_scores: Tensor | None, drop_mask: Tensor | None) -> None:
+        """The optional forward inputs fit this model (InputError naming the one that does not)."""
+        if cluster_ids is not None and not self.clustering:
+            raise InputError("cluster_ids given to a plain ViT (k=None): it has no Cluster module")
+        if share_scores is not None and not self.config.sharing:
+            raise InputError("share_scores given to a model without token sharing (cts_reduction is not set)")
+        if drop_mask is not None and not self.clustering:
+            raise InputError("drop_mask given to a model without a Cluster module (k is not set)")
 
     def check_images(self, images: Tensor) -> Tensor:
         if not isinstance(images, Tensor):

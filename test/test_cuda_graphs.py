@@ -161,3 +161,11 @@ def test_profile_torch_script_runs_on_the_cpu(capsys):
                                "--size", "56", "--rounds", "1", "--top", "3"]) == 0
     out = capsys.readouterr().out
     assert "cwfid_vit: " in out and "cwfid_k3_ip3: " in out and "ms/img wall" in out and "aten::" in out
+
+
+def test_inputs_a_model_does_not_take_are_refused_as_by_the_model():
+    x = _images()
+    with pytest.raises(cc.InputError, match="share_scores given to a model without token sharing"):
+        GraphedModel(tiny_model().eval(), capture=False)(x, share_scores=torch.rand(3, 2, 2))
+    with pytest.raises(cc.InputError, match="drop_mask given to a model without a Cluster module"):
+        GraphedModel(tiny_model(k=None, ip=None).eval(), capture=False)(x, drop_mask=torch.zeros(3, 4, 4, dtype=torch.bool))
