@@ -68,3 +68,20 @@ def test_rows_budget_and_readme_section(tmp_path, capsys):
     assert "no model in" in capsys.readouterr().err
     assert [r.folder for r in paper_tables.table_rows(True) if r.label in ("k3_ip3", "k3_ip4")] == \
         ["k3_ip4", "clustvit_k3_ip3_from_vit"]
+
+
+def test_training_order_puts_rows_made_from_trained_rows_first(tmp_path):
+    """Rows made from a trained row (minutes) train before the rows that need a training from the pretrained
+    start (an hour or more), also when their start row must be trained first (it counts)."""
+    rows = paper_tables.table_rows(ablation=True)
+    by_label = {r.label: r for r in rows}
+    left = lambda label: paper_tables.long_trainings_left(by_label[label], tmp_path)  # noqa: E731
+    assert left("vit") == left("cts") == left("clustvit_k3_ip3_from_vit") == left("clustvit_k3_ip3_uper_from_vit") == 1
+    for folder in ("vit", "vit_uper"):
+        (tmp_path / "runs" / folder).mkdir(parents=True)
+        (tmp_path / "runs" / folder / "final.safetensors").write_bytes(b"")
+    assert left("vit") == left("clustvit_k3_ip3_from_vit") == left("k1_ip4") == left("clustvit_k3_ip3_uper_from_vit") == 0
+    assert left("clustvit_k3_ip3_from_vit_refine") == 0 and left("cts") == left("clustvit_k3_ip3_decregen") == 1
+    order = [r.label for r in paper_tables.training_order(rows, tmp_path)]
+    assert sorted(order) == sorted(by_label) and order.index("k3_ip6") < order.index("cts") < order.index("clustvit_k3_ip3_uper")
+    assert order.index("clustvit_k3_ip3_from_vit_decregen") < order.index("cts")
