@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .metrics import BUCKET_NAMES
+from .metrics import BUCKET_NAMES, PATCH_BUCKET_NAMES
 from .visualize import save_token_histogram, save_tokens_vs_classes
 
 if TYPE_CHECKING:  # evaluate imports this module for its CLI
@@ -109,6 +109,12 @@ def format_markdown(result: EvalResult) -> str:
     for name, per in sr["per_class"].items():
         n_obj = sr["per_class_objects"][name]
         lines.append(f"| {name} | " + " | ".join(f"{_fmt(per[b])} (n={n_obj[b]})" for b in BUCKET_NAMES) + " |")
+    bp = sr.get("by_patches")
+    if bp:
+        lines += ["", "### By size in patch tokens at the network input (%)", "",
+                  "An object's area in the ViT's patch tokens; under one token it shares its patch with another class.", "",
+                  "| | " + " | ".join(f"{b} tokens" for b in PATCH_BUCKET_NAMES) + " |", "|---|" + "---|" * len(PATCH_BUCKET_NAMES),
+                  "| **all classes** | " + " | ".join(f"{_fmt(bp['mean'][b])} (n={bp['objects'][b]})" for b in PATCH_BUCKET_NAMES) + " |"]
     lines += ["", "## Tokens vs classes per image", "", "| GT classes present | images | tokens |", "|---|---|---|"]
     for row in result.classes_per_image:
         lines.append(f"| {row['classes']} | {row['images']} | {row['tokens_mean']:.0f} ± {row['tokens_std']:.0f} |")

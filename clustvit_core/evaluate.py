@@ -268,7 +268,8 @@ def evaluate(model, dataset, *, size: int | tuple[int, int] | None = None, max_i
                 index = start + offset
                 pred = labels_at(res.logits[0], labels.shape)
                 confusion_matrix(pred, labels, num_classes, out=conf)
-                size_recall.update(pred, labels)
+                p = model.config.patch_size  # the image's patch tokens at the network input (slide: at its scale)
+                size_recall.update(pred, labels, res.logits.shape[-2] * res.logits.shape[-1] / p**2)
                 record = ImageRecord(name, res.tokens, res.patch_tokens, int(np.sum(np.unique(labels) != IGNORE_INDEX)))
                 if index < n_flops:
                     counted_model = SlideModel(model, net_size, stride, num_classes, keep_bias) if slide else model

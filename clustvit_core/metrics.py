@@ -11,6 +11,11 @@ not): small < 5 %, medium 5-15 %, large 15-30 %, huge >= 30 % (lower bounds incl
 recall is the fraction of its pixels predicted as its class. Like the paper, every class counts,
 background classes (soil, water) included, so a large background region is a "huge" object;
 `exclude` drops classes (e.g. the background) from the objects.
+
+The same objects by their size in patch tokens (area fraction x the patch tokens of the image at the
+network input), where the paper's buckets put nearly every plant of a field image into "small": under one
+token, 1-4, 4-16, 16-64 and >= 64 tokens (PATCH_BUCKETS). An object smaller than a token shares its patch
+with another class, which a merging model must keep as a token to see it at all.
 """
 from __future__ import annotations
 
@@ -32,6 +37,15 @@ SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
     ("huge", 0.30, math.inf),
 )
 BUCKET_NAMES = tuple(name for name, _, _ in SIZE_BUCKETS)
+# name, lower bound (inclusive), upper bound (exclusive) of an object's area in patch tokens at the network input
+PATCH_BUCKETS: tuple[tuple[str, float, float], ...] = (
+    ("< 1", 0.0, 1.0),
+    ("1-4", 1.0, 4.0),
+    ("4-16", 4.0, 16.0),
+    ("16-64", 16.0, 64.0),
+    (">= 64", 64.0, math.inf),
+)
+PATCH_BUCKET_NAMES = tuple(name for name, _, _ in PATCH_BUCKETS)
 
 
 def _numpy(a) -> np.ndarray:
@@ -100,12 +114,13 @@ def pixel_accuracy(conf: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- size-stratified recall
 
-def size_bucket(area_fraction: float) -> str:
-    """Bucket name of an object covering `area_fraction` (0..1) of its image (see SIZE_BUCKETS)."""
-    for name, lo, hi in SIZE_BUCKETS:
+def size_bucket(area_fraction: float, buckets=SIZE_BUCKETS) -> str:
+    """Bucket name of an object covering `area_fraction` (0..1) of its image (see SIZE_BUCKETS), or of one
+    `area_fraction` patch tokens large with buckets=PATCH_BUCKETS."""
+    for name, lo, hi in buckets:
         if lo <= area_fraction < hi:
             return name
-    raise ValueError(f"size_bucket: area fraction {area_fraction} is not in [0, inf)")
+    raise ValueError(f"size_bucket: object size {area_fraction} is not in [0, inf)")
 
 
 @dataclass(frozen=True)
@@ -117,15 +132,20 @@ class ObjectRecall:
     area_fraction: float  # pixels / (H * W)
     recall: float  # share of its pixels predicted as class_id
     bucket: str
+    patches: float | None = None  # area in patch tokens at the network input (None: not given)
+    patch_bucket: str | None = None  # its PATCH_BUCKETS name
 
 
-def object_recalls(pred, target, ignore_index: int = IGNORE_INDEX, exclude: Iterable[int] = ()) -> list[ObjectRecall]:
+def object_recalls(pred, target, ignore_index: int = IGNORE_INDEX, exclude: Iterable[int] = (),
+                   patch_tokens: float | None = None) -> list[ObjectRecall]:
     """Every ground-truth object of one image with its recall (see the module docstring).
 
     Args:
         pred: predicted class ids [H, W].
         target: ground-truth ids [H, W] (`ignore_index` pixels belong to no object).
         exclude: class ids that are not treated as objects.
+        patch_tokens: the image's patch tokens at the network input (e.g. 56 x 42 at 784x588 with 14-px
+            patches); gives each object its size in tokens and PATCH_BUCKETS bucket.
     """
     pred, target = _numpy(pred), _numpy(target)
     if pred.shape != target.shape:
@@ -143,7 +163,9 @@ def object_recalls(pred, target, ignore_index: int = IGNORE_INDEX, exclude: Iter
         hits = np.bincount(components.ravel(), weights=(pred == cls).ravel(), minlength=n)
         for comp in range(1, n):  # 0 = not this class
             frac = float(pixels[comp]) / area
-            out.append(ObjectRecall(cls, int(pixels[comp]), frac, float(hits[comp] / pixels[comp]), size_bucket(frac)))
+            patches = None if patch_tokens is None else frac * patch_tokens
+            out.append(ObjectRecall(cls, int(pixels[comp]), frac, float(hits[comp] / pixels[comp]), size_bucket(frac),
+                                    patches, None if patches is None else size_bucket(patches, PATCH_BUCKETS)))
     return out
 
 
@@ -162,12 +184,18 @@ class SizeRecall:
     ignore_index: int = IGNORE_INDEX
     # recalls[class_id][bucket] -> list of object recalls
     recalls: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+    # by_patches[patch bucket] -> object recalls (images given patch_tokens only)
+    by_patches: dict[str, list[float]] = field(default_factory=lambda: {b: [] for b in PATCH_BUCKET_NAMES})
+    sized_images: int = 0  # images given patch_tokens
 
-    def update(self, pred, target) -> list[ObjectRecall]:
-        """Add the objects of one image; returns them."""
-        objects = object_recalls(pred, target, self.ignore_index, self.exclude)
+    def update(self, pred, target, patch_tokens: float | None = None) -> list[ObjectRecall]:
+        """Add the objects of one image (`patch_tokens`: see object_recalls); returns them."""
+        objects = object_recalls(pred, target, self.ignore_index, self.exclude, patch_tokens)
         for obj in objects:
             self.recalls.setdefault(obj.class_id, {b: [] for b in BUCKET_NAMES})[obj.bucket].append(obj.recall)
+            if obj.patch_bucket is not None:
+                self.by_patches[obj.patch_bucket].append(obj.recall)
+        self.sized_images += patch_tokens is not None
         return objects
 
     def bucket_means(self) -> dict[str, float | None]:
@@ -177,7 +205,9 @@ class SizeRecall:
     def summary(self, class_names: Sequence[str] | None = None) -> dict:
         """JSON-able: {"buckets": {name: [lo, hi]}, "mean": {bucket: recall|None}, "objects": {bucket: n},
         "per_class": {class: {bucket: recall|None}}, "per_class_objects": {class: {bucket: n}},
-        "excluded_classes": [names]}. hi = None means no upper bound."""
+        "excluded_classes": [names], "by_patches": {"buckets": {name: [lo, hi]}, "mean": {bucket: recall|None},
+        "objects": {bucket: n}} over PATCH_BUCKETS, or None if no image came with its patch tokens}.
+        hi = None means no upper bound."""
         names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
         per_class, per_class_n = {}, {}
         for cls in range(self.num_classes):
@@ -193,6 +223,11 @@ class SizeRecall:
             "per_class": per_class,
             "per_class_objects": per_class_n,
             "excluded_classes": [names[c] for c in sorted(set(self.exclude)) if 0 <= c < len(names)],
+            "by_patches": None if not self.sized_images else {
+                "buckets": {name: [lo, None if math.isinf(hi) else hi] for name, lo, hi in PATCH_BUCKETS},
+                "mean": {b: _mean(v) for b, v in self.by_patches.items()},
+                "objects": {b: len(v) for b, v in self.by_patches.items()},
+            },
         }
 
 

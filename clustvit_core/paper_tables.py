@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, cli_errors
+from .metrics import PATCH_BUCKET_NAMES
 
 PROG = "python -m clustvit_core.paper_tables"
 README_SECTION = "paper-tables"
@@ -417,6 +418,16 @@ def report(results: dict, machine: dict, plots: list[str]) -> str:
         sr = r["size_recall"]
         cells = [("–" if sr["mean"][b] is None else f"{100 * sr['mean'][b]:.1f}") + f" ({sr['objects'][b]})"
                  for b in SIZE_BUCKETS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "## Recall by object size in patch tokens (crop and weed objects; the ViT's tokens an object covers)", "",
+              "| model | " + " | ".join(f"{b} (objects)" for b in PATCH_BUCKET_NAMES) + " |",
+              "|---" * (1 + len(PATCH_BUCKET_NAMES)) + "|"]
+    for label, r in results.items():
+        bp = r["size_recall"].get("by_patches")
+        if r["row"]["table"] != "main" or r["head"] != "segmenter" or not bp:
+            continue
+        cells = [("–" if bp["mean"][b] is None else f"{100 * bp['mean'][b]:.1f}") + f" ({bp['objects'][b]})"
+                 for b in PATCH_BUCKET_NAMES]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]

@@ -94,6 +94,28 @@ def test_size_stratified_recall_on_hand_drawn_objects():
     assert s["per_class"]["b"]["small"] == 1.0 and s["per_class_objects"]["b"] == {"small": 1, "medium": 0, "large": 1, "huge": 0}
 
 
+def test_recall_by_object_size_in_patch_tokens():
+    """Given the image's patch tokens at the network input, each object gets its size in tokens and its
+    PATCH_BUCKETS bucket; the summary has them only when some image came with its tokens."""
+    pred, target = hand_drawn_scene()  # 100 x 100 labels
+    objects = {(o.class_id, o.bucket): o for o in object_recalls(pred, target, patch_tokens=100)}  # 10x10 grid
+    assert objects[(1, "small")].patches == pytest.approx(4.0) and objects[(1, "small")].patch_bucket == "4-16"
+    assert objects[(1, "medium")].patch_bucket == "4-16" and objects[(2, "large")].patch_bucket == "16-64"
+    assert objects[(0, "huge")].patch_bucket == ">= 64"
+    assert all(o.patches is None and o.patch_bucket is None for o in object_recalls(pred, target))
+    acc = SizeRecall(3, exclude=[0])
+    acc.update(pred, target)
+    assert acc.summary()["by_patches"] is None  # no image gave its tokens
+    acc.update(pred, target, patch_tokens=100)
+    tiny = np.zeros((100, 100), np.uint8)
+    tiny[:5, :5] = 2  # 25 px = 0.25 tokens of a 10x10 grid, missed
+    acc.update(np.zeros_like(tiny), tiny, patch_tokens=100)
+    bp = acc.summary()["by_patches"]
+    assert bp["objects"] == {"< 1": 1, "1-4": 0, "4-16": 2, "16-64": 1, ">= 64": 0}  # the first image is not counted
+    assert bp["mean"] == {"< 1": 0.0, "1-4": None, "4-16": 0.25, "16-64": 0.75, ">= 64": None}
+    assert bp["buckets"]["< 1"] == [0.0, 1.0] and bp["buckets"][">= 64"] == [64.0, None]
+
+
 def test_objects_are_8_connected_and_ignore_is_no_object():
     target = np.full((10, 10), 255, np.uint8)
     target[0:3, 0:3] = 1
@@ -145,6 +167,8 @@ def test_evaluate_reports_every_metric_and_writes_figures(tiny, tmp_path):
     conf = np.array(result.confusion_matrix)
     assert conf.shape == (3, 3) and conf.sum() == 3 * 80 * 96  # at label resolution, nothing ignored
     assert set(result.size_recall["mean"]) == {"small", "medium", "large", "huge"}
+    by_patches = result.size_recall["by_patches"]  # the same objects by their size in the 16 tokens of the input
+    assert sum(by_patches["objects"].values()) == sum(result.size_recall["objects"].values()) > 0
     tok = result.tokens
     assert tok.full_mean == 16 and 1 <= tok.mean <= 16 and sum(tok.histogram["counts"]) == 3
     assert len(tok.histogram["edges"]) == len(tok.histogram["counts"]) + 1
@@ -164,7 +188,7 @@ def test_evaluate_reports_every_metric_and_writes_figures(tiny, tmp_path):
         assert p.stat().st_size > 0
     assert json.loads((tmp_path / "metrics.json").read_text())["num_images"] == 3  # strict JSON (no NaN)
     text = (tmp_path / "metrics.md").read_text()
-    assert "| crop |" in text and "huge" in text
+    assert "| crop |" in text and "huge" in text and "### By size in patch tokens" in text and "< 1 tokens" in text
 
 
 def test_evaluate_accepts_tuples_limits_images_and_slides(tiny):

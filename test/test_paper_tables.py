@@ -25,7 +25,7 @@ def test_quick_run_writes_tables_and_reuses_checkpoints(tmp_path, capsys):
     assert (tmp_path / "miou_vs_gflops.png").stat().st_size > 1000 and (tmp_path / "machine.json").is_file()
     assert "## Where the FLOPs go" in readme and "## Targets" in readme and "than the ViT at ≤ 1.0 mIoU loss: **" in readme and "oracle's tokens" in readme
     assert all(r["oracle_tokens"] > 0 for r in results.values() if r["kind"] == "clustvit")
-    assert (tmp_path / "tokens.png").is_file()
+    assert (tmp_path / "tokens.png").is_file() and "## Recall by object size in patch tokens" in readme
     # a ClustViT made from the trained ViT row (its weights, only the Cluster module trained), and the same
     # weights merging through the decoder: same tokens, no more head FLOPs (fewer once anything merges; a tiny
     # model after 2 iterations may merge nothing)
