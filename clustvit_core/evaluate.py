@@ -385,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Evaluate a registry model on a dataset split: mIoU, per-class IoU, pixel accuracy, confusion matrix, "
-        "recall by object size (small < 5 %, medium 5-15 %, large 15-30 %, huge >= 30 % of the image), tokens per image "
+        "recall by object size (small < 5 %, medium 5-15 %, large 15-30 %, huge >= 30 % of the image; and in patch tokens "
+        "at the network input: < 1, 1-4, 4-16, 16-64, >= 64), tokens per image "
         "(mean ± std, histogram, vs number of classes present) and GFLOPs per image. Writes metrics.json and "
         "metrics.md (also printed), token_histogram.png and tokens_vs_classes.png to --out; --show adds figures "
         "input | ground truth | prediction | pseudo-clusters | predicted clusters.",
