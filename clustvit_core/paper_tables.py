@@ -147,6 +147,24 @@ def training_order(rows: list[Row], out: Path) -> list[Row]:
     return sorted(rows, key=lambda row: long_trainings_left(row, out))
 
 
+def training_plan(rows: list[Row], out: Path) -> str:
+    """One line: how many of `rows`' runs are trained, and how many still train from the pretrained start
+    (long) or from a trained row (short), in the order they will."""
+    chains = []
+    for row in rows:  # a row's start rows train first, selected or not
+        chain = [row]
+        while chain[0].start:
+            chain.insert(0, select_rows([chain[0].start], True)[0])
+        chains += chain
+    runs = {row.folder: row for row in chains}.values()
+    todo = [row for row in runs if not (out / "runs" / row.folder / "final.safetensors").is_file()]
+    long = [row.folder for row in todo if row.start is None]
+    short = [row.folder for row in todo if row.start is not None]
+    return (f"{len(runs) - len(todo)} of {len(runs)} runs trained; to train: {len(short)} made from a trained row "
+            f"(short){': ' + ', '.join(short) if short else ''}; {len(long)} from the pretrained start "
+            f"(long){': ' + ', '.join(long) if long else ''}")
+
+
 def train_or_reuse(row: Row, out: Path, *, quick: bool, iters: int | None, device: str, data_root, log) -> Path:
     """OUT/runs/FOLDER/final.safetensors, trained (resumably) if it is not there yet."""
     from .registry import load_config
@@ -231,8 +249,10 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[st
     selected = select_rows(rows, ablation)
     dataset = build_dataset("cwfid", "test", data_root)
     n = 2 if quick else min(num_images or len(dataset), len(dataset))
+    order = training_order(selected, out)
+    log(training_plan(order, out))
     weights, missing, started = {}, [], time.monotonic()
-    for row in training_order(selected, out):  # training first: one long CPU job at a time, nothing timed meanwhile
+    for row in order:  # training first: one long CPU job at a time, nothing timed meanwhile
         if row.folder in weights:
             continue
         done = (out / "runs" / row.folder / "final.safetensors").is_file()

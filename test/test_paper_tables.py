@@ -58,6 +58,7 @@ def test_rows_budget_and_readme_section(tmp_path, capsys):
     assert paper_tables.main(args + ["--rows", "vit", "clustvit_k3_ip3_from_vit", "cts", "--budget", "0"]) == 0
     captured = capsys.readouterr().out
     assert captured.count("reusing") == 2 and "not trained yet (run again to go on): cts" in captured
+    assert "2 of 3 runs trained; to train: 0 made from a trained row (short); 1 from the pretrained start (long): cts" in captured
     assert set(json.loads((out / "results.json").read_text())) == {"vit", "clustvit_k3_ip3_from_vit"}
     assert "Not trained yet (left out): cts" in (out / "README.md").read_text()
     with pytest.raises(SystemExit):
@@ -82,6 +83,9 @@ def test_training_order_puts_rows_made_from_trained_rows_first(tmp_path):
         (tmp_path / "runs" / folder / "final.safetensors").write_bytes(b"")
     assert left("vit") == left("clustvit_k3_ip3_from_vit") == left("k1_ip4") == left("clustvit_k3_ip3_uper_from_vit") == 0
     assert left("clustvit_k3_ip3_from_vit_refine") == 0 and left("cts") == left("clustvit_k3_ip3_decregen") == 1
+    assert paper_tables.training_plan([by_label["clustvit_k3_ip3_uper_from_vit"], by_label["cts"]], tmp_path) == \
+        "1 of 3 runs trained; to train: 1 made from a trained row (short): clustvit_k3_ip3_uper_from_vit; " \
+        "1 from the pretrained start (long): cts"  # its start row vit_uper counts, trained
     order = [r.label for r in paper_tables.training_order(rows, tmp_path)]
     assert sorted(order) == sorted(by_label) and order.index("k3_ip6") < order.index("cts") < order.index("clustvit_k3_ip3_uper")
     assert order.index("clustvit_k3_ip3_from_vit_decregen") < order.index("cts")
