@@ -200,8 +200,10 @@ def oracle_tokens(dataset, n: int, config) -> float:
     return statistics.fmean(counts)
 
 
-def measure_speed(models: dict, images, rounds: int) -> dict[str, float]:
+def measure_speed(models: dict, images, rounds: int, progress: bool = False) -> dict[str, float]:
     """img/s per model, batch 1: every image through every model in turn, `rounds` times; median round."""
+    from tqdm import tqdm
+
     from .predictor import model_device
     from .preprocessing import preprocess
 
@@ -211,6 +213,8 @@ def measure_speed(models: dict, images, rounds: int) -> dict[str, float]:
     with torch.inference_mode():
         for name, m in models.items():  # warm-up
             m(inputs[name][0])
+        bar = tqdm(total=rounds * len(images), desc=f"img/s of {len(models)} models", unit="img", disable=not progress,
+                   leave=False)
         for _ in range(rounds):
             for name in models:
                 seconds[name].append(0.0)
@@ -219,6 +223,8 @@ def measure_speed(models: dict, images, rounds: int) -> dict[str, float]:
                     t0 = time.perf_counter()
                     m(inputs[name][i])
                     seconds[name][-1] += time.perf_counter() - t0
+                bar.update(1)
+        bar.close()
     return {name: len(images) / statistics.median(s) for name, s in seconds.items()}
 
 
@@ -266,13 +272,15 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[st
     if not weights:
         raise ConfigError(f"--budget {budget:g}: no model in {out / 'runs'} is trained yet; give a budget > 0")
     evaluated, models, oracle, parts = {}, {}, {}, {}
+    log(f"evaluating {len({row.key for row in selected if row.folder in weights})} models on {n} CWFID test images "
+        "(mIoU, tokens, GFLOPs)")
     for row in selected:
         key = row.key
         if row.folder not in weights or key in models:
             continue
         path = weights[row.folder]
         model = build_model(read_checkpoint_config(path).replace(**row.evaluate), weights=path).to(device).eval()
-        r = evaluate(model, dataset, max_images=n, flops_images=None, progress=False, device=device,
+        r = evaluate(model, dataset, max_images=n, flops_images=None, progress=not quick, device=device,
                      recall_exclude=[0])
         evaluated[key] = r.to_dict()
         models[key] = model
@@ -280,7 +288,9 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[st
             oracle[key] = oracle_tokens(dataset, n, model.config)
         parts[key] = flop_parts(model, dataset, n, device)
         log(f"{key}: mIoU {100 * (r.miou or 0):.1f}, tokens {r.tokens.mean:.0f}, GFLOPs {r.gflops.mean:.2f}")
-    speed = measure_speed(models, [dataset[i].image for i in range(n)], 1 if quick else rounds)
+    log(f"timing {len(models)} models in turn, batch 1, {1 if quick else rounds} rounds over {n} images "
+        "(nothing else should run on this machine meanwhile)")
+    speed = measure_speed(models, [dataset[i].image for i in range(n)], 1 if quick else rounds, progress=not quick)
     results = {}
     for row in selected:
         if row.folder not in weights:
