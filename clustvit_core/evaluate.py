@@ -250,6 +250,7 @@ def evaluate(model, dataset, *, size: int | tuple[int, int] | None = None, max_i
 
     conf = np.zeros((num_classes, num_classes), np.int64)
     size_recall = SizeRecall(num_classes, exclude)
+    patch_area = model.config.patch_size ** 2  # logits pixels per patch token at the network input (slide: at its scale)
     records: list[ImageRecord] = []
     figures: list[str] = []
     was_training = model.training
@@ -268,8 +269,7 @@ def evaluate(model, dataset, *, size: int | tuple[int, int] | None = None, max_i
                 index = start + offset
                 pred = labels_at(res.logits[0], labels.shape)
                 confusion_matrix(pred, labels, num_classes, out=conf)
-                p = model.config.patch_size  # the image's patch tokens at the network input (slide: at its scale)
-                size_recall.update(pred, labels, res.logits.shape[-2] * res.logits.shape[-1] / p**2)
+                size_recall.update(pred, labels, res.logits.shape[-2] * res.logits.shape[-1] / patch_area)
                 record = ImageRecord(name, res.tokens, res.patch_tokens, int(np.sum(np.unique(labels) != IGNORE_INDEX)))
                 if index < n_flops:
                     counted_model = SlideModel(model, net_size, stride, num_classes, keep_bias) if slide else model

@@ -217,18 +217,23 @@ class SizeRecall:
             per_class[names[cls]] = {b: _mean(per[b]) for b in BUCKET_NAMES}
             per_class_n[names[cls]] = {b: len(per[b]) for b in BUCKET_NAMES}
         return {
-            "buckets": {name: [lo, None if math.isinf(hi) else hi] for name, lo, hi in SIZE_BUCKETS},
+            "buckets": _bounds(SIZE_BUCKETS),
             "mean": self.bucket_means(),
             "objects": {b: sum(len(per[b]) for per in self.recalls.values()) for b in BUCKET_NAMES},
             "per_class": per_class,
             "per_class_objects": per_class_n,
             "excluded_classes": [names[c] for c in sorted(set(self.exclude)) if 0 <= c < len(names)],
             "by_patches": None if not self.sized_images else {
-                "buckets": {name: [lo, None if math.isinf(hi) else hi] for name, lo, hi in PATCH_BUCKETS},
+                "buckets": _bounds(PATCH_BUCKETS),
                 "mean": {b: _mean(v) for b, v in self.by_patches.items()},
                 "objects": {b: len(v) for b, v in self.by_patches.items()},
             },
         }
+
+
+def _bounds(buckets) -> dict[str, list]:
+    """{name: [lo, hi]} of (name, lo, hi) buckets, hi None for no upper bound (JSON)."""
+    return {name: [lo, None if math.isinf(hi) else hi] for name, lo, hi in buckets}
 
 
 def _mean(values: Sequence[float]) -> float | None:

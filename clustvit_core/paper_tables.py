@@ -38,11 +38,10 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, cli_errors
-from .metrics import PATCH_BUCKET_NAMES
+from .metrics import BUCKET_NAMES, PATCH_BUCKET_NAMES
 
 PROG = "python -m clustvit_core.paper_tables"
 README_SECTION = "paper-tables"
-SIZE_BUCKETS = ("small", "medium", "large", "huge")
 QUICK = {"embed_dim": 32, "depth": 6, "num_heads": 2, "cluster_hidden": 16, "patch_size": 16, "img_size": 64,
          "uper_channels": 16, "pretrained": None}
 QUICK_TRAIN = {"iters": 2, "batch_size": 2, "warmup_iters": 0, "val_interval": 1000, "ckpt_interval": 1000,
@@ -131,14 +130,29 @@ def select_rows(labels: list[str] | None, ablation: bool) -> list[Row]:
     return [known[label] for label in dict.fromkeys(labels)]
 
 
+def trained(row: Row, out: Path) -> bool:
+    return (out / "runs" / row.folder / "final.safetensors").is_file()
+
+
+def start_chain(row: Row) -> list[Row]:
+    """The rows `row` starts from (the first first), then `row`."""
+    chain = [row]
+    while chain[0].start:
+        chain.insert(0, select_rows([chain[0].start], True)[0])
+    return chain
+
+
+def untrained_chain(row: Row, out: Path) -> list[Row]:
+    """The part of `row`'s start chain after its last trained row: what training `row` still takes."""
+    chain = start_chain(row)
+    done = [i for i, r in enumerate(chain) if trained(r, out)]
+    return chain[done[-1] + 1:] if done else chain
+
+
 def long_trainings_left(row: Row, out: Path) -> int:
     """How many trainings from the pretrained start (an hour or more each on this CPU) `row` still needs: its
     own unless it is made from another row (minutes), plus those of the rows it starts from."""
-    if (out / "runs" / row.folder / "final.safetensors").is_file():
-        return 0
-    if row.start is None:
-        return 1
-    return long_trainings_left(select_rows([row.start], True)[0], out)
+    return sum(r.start is None for r in untrained_chain(row, out))
 
 
 def training_order(rows: list[Row], out: Path) -> list[Row]:
@@ -148,16 +162,10 @@ def training_order(rows: list[Row], out: Path) -> list[Row]:
 
 
 def training_plan(rows: list[Row], out: Path) -> str:
-    """One line: how many of `rows`' runs are trained, and how many still train from the pretrained start
-    (long) or from a trained row (short), in the order they will."""
-    chains = []
-    for row in rows:  # a row's start rows train first, selected or not
-        chain = [row]
-        while chain[0].start:
-            chain.insert(0, select_rows([chain[0].start], True)[0])
-        chains += chain
-    runs = {row.folder: row for row in chains}.values()
-    todo = [row for row in runs if not (out / "runs" / row.folder / "final.safetensors").is_file()]
+    """One line: how many of `rows`' runs (start rows included) are trained, and which still train from the
+    pretrained start (long) or from a trained row (short), in the order they will."""
+    runs = {r.folder: r for row in rows for r in start_chain(row)}.values()
+    todo = [row for row in runs if not trained(row, out)]
     long = [row.folder for row in todo if row.start is None]
     short = [row.folder for row in todo if row.start is not None]
     return (f"{len(runs) - len(todo)} of {len(runs)} runs trained; to train: {len(short)} made from a trained row "
@@ -261,8 +269,7 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[st
     for row in order:  # training first: one long CPU job at a time, nothing timed meanwhile
         if row.folder in weights:
             continue
-        done = (out / "runs" / row.folder / "final.safetensors").is_file()
-        if not done and budget is not None and time.monotonic() - started >= 60 * budget:
+        if not trained(row, out) and budget is not None and time.monotonic() - started >= 60 * budget:
             missing.append(row.label)
             continue
         weights[row.folder] = train_or_reuse(row, out, quick=quick, iters=iters, device=device, data_root=data_root, log=log)
@@ -441,28 +448,26 @@ def report(results: dict, machine: dict, plots: list[str]) -> str:
     for label, r in results.items():
         g = r["gflops_parts"]
         lines.append(f"| {label} | {g['blocks']:.1f} | {g['cluster']:.2f} | {g['regenerator']:.2f} | {g['head']:.1f} | {g['total']:.1f} |")
-    lines += ["", "## Size-stratified recall (crop and weed objects; soil excluded)", "",
-              "| model | " + " | ".join(f"{b} (objects)" for b in SIZE_BUCKETS) + " |", "|---" * (1 + len(SIZE_BUCKETS)) + "|"]
-    for label, r in results.items():
-        if r["row"]["table"] != "main" or r["head"] != "segmenter":
-            continue
-        sr = r["size_recall"]
-        cells = [("–" if sr["mean"][b] is None else f"{100 * sr['mean'][b]:.1f}") + f" ({sr['objects'][b]})"
-                 for b in SIZE_BUCKETS]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "## Recall by object size in patch tokens (crop and weed objects; the ViT's tokens an object covers)", "",
-              "| model | " + " | ".join(f"{b} (objects)" for b in PATCH_BUCKET_NAMES) + " |",
-              "|---" * (1 + len(PATCH_BUCKET_NAMES)) + "|"]
-    for label, r in results.items():
-        bp = r["size_recall"].get("by_patches")
-        if r["row"]["table"] != "main" or r["head"] != "segmenter" or not bp:
-            continue
-        cells = [("–" if bp["mean"][b] is None else f"{100 * bp['mean'][b]:.1f}") + f" ({bp['objects'][b]})"
-                 for b in PATCH_BUCKET_NAMES]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += _recall_table(results, "Size-stratified recall (crop and weed objects; soil excluded)", None, BUCKET_NAMES)
+    lines += _recall_table(results, "Recall by object size in patch tokens (crop and weed objects; the ViT's tokens an "
+                           "object covers)", "by_patches", PATCH_BUCKET_NAMES)
     lines.append("")
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _recall_table(results: dict, title: str, key: str | None, buckets) -> list[str]:
+    """A recall-by-size table of the Segmenter rows of Table I: the size_recall summary's buckets (key None) or
+    its sub-summary `key` (e.g. by_patches); cells 'recall (objects)'."""
+    lines = ["", f"## {title}", "", "| model | " + " | ".join(f"{b} (objects)" for b in buckets) + " |",
+             "|---" * (1 + len(buckets)) + "|"]
+    for label, r in results.items():
+        sr = r["size_recall"] if key is None else r["size_recall"].get(key)
+        if r["row"]["table"] != "main" or r["head"] != "segmenter" or not sr:
+            continue
+        cells = [("–" if sr["mean"][b] is None else f"{100 * sr['mean'][b]:.1f}") + f" ({sr['objects'][b]})" for b in buckets]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def summary(results: dict, machine: dict, out: Path) -> str:
