@@ -32,6 +32,7 @@ import platform
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -494,15 +495,16 @@ def write_plots(results: dict, out: Path) -> list[str]:
         plt.close(fig)
         paths.append(str(out / name))
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(9, 4.5), constrained_layout=True)
+    colors = iter(plt.cm.tab20.colors)  # 20 distinct colours: the default cycle repeats after 10 Table I rows
     for label, r in results.items():  # Table I rows named; ablation points small and grey (their own plot names them)
         marker = {"vit": "s", "cts": "^", "clustvit": "o"}[r["kind"]]
         xy = (r["gflops"]["mean"], 100 * (r["miou"] or 0))
         if r["row"]["table"] == "main":
-            ax.scatter(*xy, marker=marker, label=label)
+            ax.scatter(*xy, marker=marker, label=label, color=next(colors, "k"))
         else:
             ax.scatter(*xy, marker=marker, s=12, color="0.6", zorder=0)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: it hides no point
     ax.set_xlabel("GFLOPs per image")
     ax.set_ylabel("mIoU (%)")
     ax.set_title("CWFID test: accuracy vs compute")
@@ -514,27 +516,23 @@ def write_plots(results: dict, out: Path) -> list[str]:
     ax.invert_yaxis()
     save(fig, "img_s.png")
     merged = [k for k, r in results.items() if r["kind"] != "vit" and r["row"]["table"] == "main" and r["images"]]
-    if merged:  # Fig. 4 analogue: tokens per image, and how they grow with the classes in the image
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.5), constrained_layout=True)
-        for k in merged:
-            tokens = [im["tokens"] for im in results[k]["images"]]
-            ax.hist(tokens, bins=15, alpha=0.5, label=k)
-            by_classes = {}
-            for im in results[k]["images"]:
-                by_classes.setdefault(im["classes_present"], []).append(im["tokens"])
-            xs = sorted(by_classes)
-            ax2.plot(xs, [statistics.fmean(by_classes[x]) for x in xs], marker="o", label=k)
+    if merged:  # Fig. 4 analogue: tokens per image by model; Fig. 1 analogue: classes per image
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 0.35 * len(merged) + 2), constrained_layout=True,
+                                      gridspec_kw={"width_ratios": (3, 1)})
+        ax.boxplot([[im["tokens"] for im in results[k]["images"]] for k in merged], orientation="horizontal")  # matplotlib >= 3.10
+        ax.set_yticks(range(1, len(merged) + 1), merged)
+        ax.invert_yaxis()
         full = results[merged[0]]["tokens"]["full_mean"]
         ax.axvline(full, color="k", linestyle="--", label=f"ViT ({full:.0f})")
         oracles = {results[k]["oracle_tokens"] for k in merged if results[k].get("oracle_tokens")}
         for value in sorted(oracles):
             ax.axvline(value, color="gray", linestyle=":", label=f"oracle clusters ({value:.0f})")
         ax.set_xlabel("tokens per image after merging")
-        ax.set_ylabel("images")
-        ax.legend(fontsize=7)
-        ax2.set_xlabel("classes present in the image")
-        ax2.set_ylabel("mean tokens")
-        ax2.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")
+        classes = Counter(im["classes_present"] for im in results[merged[0]]["images"])
+        ax2.bar([str(c) for c in sorted(classes)], [classes[c] for c in sorted(classes)])
+        ax2.set_xlabel("classes per image")
+        ax2.set_ylabel("images")
         save(fig, "tokens.png")
     ablation = {k: r for k, r in results.items() if r["row"]["table"] == "ablation"}
     if ablation:
