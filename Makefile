@@ -62,7 +62,8 @@ train-cwfid: $(STAMP)
 # evaluated and timed in one process (results/README.md, README section paper-tables). make train-cwfid's runs
 # are the vit, clustvit_k3_ip3, vit_refine and clustvit_k3_ip3_from_vit_refine rows (same config, recipe, iterations
 # and seed), work_dirs/cwfid_k3_ip3_teacher the clustvit_k3_ip3_teacher row: linked (an unfinished run resumes there).
-# Options through PAPER_ARGS, e.g. PAPER_ARGS="--rows vit cts clustvit_k3_ip3 --budget 120" or "--ablation".
+# Options through PAPER_ARGS, e.g. PAPER_ARGS="--rows vit cts clustvit_k3_ip3 --budget 120" or "--ablation", or
+# "--rows vit_uper clustvit_k3_ip3_uper_from_vit --keep-other-rows" to add rows to the committed tables.
 PAPER_ARGS ?=
 paper-tables: $(STAMP)
 	mkdir -p results/runs

@@ -21,6 +21,9 @@ On this 2-core CPU a CWFID model trains from the pretrained start in 1-2 hours (
 in minutes; the rows made from trained rows train first. `--rows` picks models, `--budget MINUTES` stops
 starting new trainings after that much training time (the tables then hold the trained rows and name the
 missing ones; running again resumes). Interrupt at will: training resumes from its last checkpoint.
+`--rows ... --keep-other-rows` adds rows to an earlier run's tables (or measures them anew) without re-running
+the others: mIoU, tokens and GFLOPs do not depend on the run; img/s does, so each row says which run timed it
+and speed-ups are taken only against a ViT timed in the same run.
 
 `--quick` runs the whole pipeline with tiny models, 2 iterations and 2 test images (the test suite's run).
 """
@@ -252,8 +255,10 @@ def machine_info(device: str) -> dict:
 
 def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[str] | None = None,
         budget: float | None = None, iters: int | None = None, device: str = "cpu", data_root=None, rounds: int = 3,
-        num_images: int | None = None, log=print) -> tuple[dict, dict]:
+        num_images: int | None = None, keep_other_rows: bool = False, command: str | None = None,
+        log=print) -> tuple[dict, dict]:
     """Train (or reuse) and evaluate the selected rows; write OUT/README.md, results.json, machine.json and plots.
+    With `keep_other_rows`, the rows of OUT/results.json that this run does not measure stay (`merge_runs`).
     Returns (results, machine): what results.json and machine.json hold."""
     from .data import build_dataset
     from .evaluate import evaluate
@@ -261,6 +266,8 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[st
     from .weights import read_checkpoint_config
 
     out.mkdir(parents=True, exist_ok=True)
+    previous = read_previous(out) if keep_other_rows else None  # a missing or unreadable file fails before training
+    measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     selected = select_rows(rows, ablation)
     dataset = build_dataset("cwfid", "test", data_root)
     n = 2 if quick else min(num_images or len(dataset), len(dataset))
@@ -307,9 +314,10 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[st
         cfg = models[key].config
         results[row.label] = {"row": row.__dict__, "weights": str(weights[row.folder]), "kind": cfg.kind,
                               "head": cfg.head, "img_s": speed[key], "oracle_tokens": oracle.get(key),
-                              "gflops_parts": parts[key],
+                              "gflops_parts": parts[key], "measured": measured,
                               **evaluated[key]}
     machine = machine_info(device)
+    machine.update({"measured": measured, "command": command})
     machine.update({"iterations": {row.label: _train_setting(out / "runs" / row.folder, "iters")
                                    for row in selected if row.folder in weights and not row.start},
                     "started_from": {row.label: {"row": row.start, "iters": _train_setting(out / "runs" / row.folder, "iters"),
@@ -318,10 +326,53 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[st
                                      for row in selected if row.folder in weights and row.start},
                     "pretrained": sorted({models[f].config.pretrained or "random initialization" for f in models}),
                     "seed": 0, "images": n, "quick": quick, "not_trained": missing})
+    if previous is not None:
+        results, machine = merge_runs(*previous, results, machine)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (out / "machine.json").write_text(json.dumps(machine, indent=2))
     plots = write_plots(results, out)
     (out / "README.md").write_text(report(results, machine, plots))
+    return results, machine
+
+
+def read_previous(out: Path) -> tuple[dict, dict]:
+    """(results, machine) of an earlier run in OUT, for --keep-other-rows."""
+    try:
+        return tuple(json.loads((out / name).read_text()) for name in ("results.json", "machine.json"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--keep-other-rows: cannot read the earlier run's {out}/results.json and machine.json "
+                          f"({e}); run without --keep-other-rows to measure every row anew") from e
+
+
+def merge_runs(old_results: dict, old_machine: dict, new_results: dict, new_machine: dict) -> tuple[dict, dict]:
+    """The tables of an earlier run with this run's rows added or replaced (--keep-other-rows).
+
+    mIoU, tokens and GFLOPs do not depend on the run; img/s does, so every row keeps the `measured` stamp of
+    the run that timed it, and speed ratios are taken only against a ViT timed in the same run (`_vs_vit`).
+    machine.json stays the earlier run's, with `later_runs`: one entry per later run (its machine, command
+    and rows) for the rows it measured. Row order: the tables' order."""
+    if (old_machine.get("images"), old_machine.get("quick")) != (new_machine["images"], new_machine["quick"]):
+        raise ConfigError(f"--keep-other-rows: the earlier run measured {old_machine.get('images')} images"
+                          f"{' (quick)' if old_machine.get('quick') else ''}, this one {new_machine['images']}"
+                          f"{' (quick)' if new_machine['quick'] else ''}; use the same --num-images and --quick, or "
+                          "run without --keep-other-rows")
+    order = [r.label for r in table_rows(True)]
+    merged = {**old_results, **new_results}
+    results = {label: merged[label] for label in sorted(merged, key=order.index)}
+    new = set(new_results)
+    later = [dict(run, rows=[label for label in run["rows"] if label not in new])
+             for run in old_machine.get("later_runs", [])]
+    run_info = {k: v for k, v in new_machine.items()
+                if k not in ("iterations", "started_from", "pretrained", "seed", "images", "quick", "not_trained")}
+    machine = dict(old_machine)
+    machine.update({
+        "iterations": {**{k: v for k, v in old_machine["iterations"].items() if k not in new}, **new_machine["iterations"]},
+        "started_from": {**{k: v for k, v in old_machine["started_from"].items() if k not in new},
+                         **new_machine["started_from"]},
+        "pretrained": sorted(set(old_machine["pretrained"]) | set(new_machine["pretrained"])),
+        "not_trained": [label for label in order if label not in results
+                        and label in set(old_machine["not_trained"]) | set(new_machine["not_trained"])],
+        "later_runs": [run for run in later if run["rows"]] + [dict(run_info, rows=list(new_results))]})
     return results, machine
 
 
@@ -348,14 +399,21 @@ def _train_setting(work: Path, key: str):
 
 
 def _vs_vit(results: dict, label: str) -> dict:
-    """Ratios against the Table I ViT with the same head."""
+    """Ratios against the Table I ViT with the same head; the speed-up only if that ViT was timed in the same
+    run (else None)."""
     head = results[label]["head"]
     vit = next((v for v in results.values() if v["kind"] == "vit" and v["head"] == head and v["row"]["table"] == "main"), None)
     r = results[label]
     if vit is None or r["gflops"] is None:
         return {}
-    return {"gflops_ratio": vit["gflops"]["mean"] / r["gflops"]["mean"], "speedup": r["img_s"] / vit["img_s"],
+    return {"gflops_ratio": vit["gflops"]["mean"] / r["gflops"]["mean"],
+            "speedup": r["img_s"] / vit["img_s"] if _same_run(r, vit) else None,
             "miou_delta": 100 * ((r["miou"] or 0) - (vit["miou"] or 0))}
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    """Whether two rows were timed in one run (img/s compares only there)."""
+    return a.get("measured") == b.get("measured")
 
 
 def _met(ok: bool) -> str:
@@ -366,7 +424,7 @@ def targets(results: dict) -> list[str]:
     """The issue's targets, each checked on the measured rows (Markdown bullets)."""
     main = {k: v for k, v in results.items() if v["row"]["table"] == "main"}
     rel = {k: _vs_vit(results, k) for k, v in main.items() if v["kind"] == "clustvit"}
-    rel = {k: v for k, v in rel.items() if v}
+    rel = {k: v for k, v in rel.items() if v and v["speedup"] is not None}  # timed in its ViT's run
     lines = []
     if rel:
         within = [k for k, v in rel.items() if -v["miou_delta"] <= TARGET_MIOU_LOSS]
@@ -383,7 +441,8 @@ def targets(results: dict) -> list[str]:
                      f"{100 * share:.0f} %; the paper: 75 %)")
     cts = main.get("cts")
     if cts is not None and rel:
-        beating = [k for k in rel if main[k]["img_s"] > cts["img_s"] and (main[k]["miou"] or 0) >= (cts["miou"] or 0)]
+        beating = [k for k in rel if _same_run(main[k], cts) and main[k]["img_s"] > cts["img_s"]
+                   and (main[k]["miou"] or 0) >= (cts["miou"] or 0)]
         lines.append(f"- ClustViT beats CTS on img/s at equal or better mIoU: {_met(bool(beating))} (CTS "
                      f"{cts['img_s']:.2f} img/s, mIoU {100 * (cts['miou'] or 0):.1f}"
                      + (f"; beaten by {', '.join(beating)}" if beating else "") + ")")
@@ -406,8 +465,9 @@ def table(results: dict, labels: list[str], names: list[str]) -> list[str]:
         lines.append(
             f"| {label} | {r['kind']} | {r['head']} | {100 * (r['miou'] or 0):.1f} | {per_class} | {r['img_s']:.2f} | "
             f"{r['gflops']['mean']:.1f} ± {r['gflops']['std']:.1f} | {r['tokens']['mean']:.0f} ± {r['tokens']['std']:.0f} | "
-            + (f"{rel['gflops_ratio']:.2f}× | {rel['speedup']:.2f}× | {100 * rel['speedup'] / rel['gflops_ratio']:.0f} % | "
-               f"{rel['miou_delta']:+.1f} |" if rel else "– | – | – | – |"))
+            + (f"{rel['gflops_ratio']:.2f}× | " + (f"{rel['speedup']:.2f}× | {100 * rel['speedup'] / rel['gflops_ratio']:.0f} % | "
+                                                   if rel["speedup"] is not None else "– | – | ")
+               + f"{rel['miou_delta']:+.1f} |" if rel else "– | – | – | – |"))
     return lines
 
 
@@ -431,17 +491,28 @@ def _machine_line(machine: dict) -> str:
             + (". QUICK RUN (tiny models, not results)" if machine["quick"] else ""))
 
 
+def _later_runs_lines(machine: dict) -> list[str]:
+    """One sentence per later run whose rows were added with --keep-other-rows (empty for a single run)."""
+    return [f"{', '.join(run['rows'])}: trained, evaluated and timed in a later run ({run['measured']}; "
+            f"{run.get('cpu_model', run['cpu'])}, {run['torch_threads']} torch threads, torch {run['torch']}"
+            + (f", GPU {run['gpu']}" if "gpu" in run else "") + ")"
+            + (f" by `{run['command']}`" if run.get("command") else "")
+            + "; their speed-ups are against the ViT with the same head timed in that run, img/s across runs are not compared."
+            for run in machine.get("later_runs", [])]
+
+
 def report(results: dict, machine: dict, plots: list[str]) -> str:
     """OUT/README.md."""
     names = next(iter(results.values()))["class_names"]
     lines = ["# ClustViT vs ViT vs CTS on CWFID test", "", _machine_line(machine) + ".", ""]
+    lines += [x for line in _later_runs_lines(machine) for x in (line, "")]
     if machine["not_trained"]:
         lines += [f"Not trained yet (left out): {', '.join(machine['not_trained'])}.", ""]
     for which, title in (("main", "Table I"), ("ablation", "Ablation (k at ip 4, ip at k 3; ClustViTs made from the trained ViT)")):
         labels = [k for k, v in results.items() if v["row"]["table"] == which]
         if labels:
             lines += [f"## {title}", ""] + table(results, labels, names) + [""]
-    lines += ["Ratios against the Table I ViT with the same head, measured in the same process (batch 1, median "
+    lines += ["Ratios against the Table I ViT with the same head; img/s measured in one process (batch 1, median "
               "of interleaved rounds); whole-image input at the training size.", "", "## Targets", ""]
     lines += targets(results) or ["- (no ClustViT row yet)"]
     lines += ["", "## Where the FLOPs go (GFLOPs per image, mean)", "",
@@ -475,7 +546,8 @@ def summary(results: dict, machine: dict, out: Path) -> str:
     """The main README's section: Table I and the targets (the full report is OUT/README.md)."""
     names = next(iter(results.values()))["class_names"]
     main = [k for k, v in results.items() if v["row"]["table"] == "main"]
-    lines = [_machine_line(machine) + ".", ""] + table(results, main, names) + [""]
+    lines = [_machine_line(machine) + ".", ""] + [x for line in _later_runs_lines(machine) for x in (line, "")]
+    lines += table(results, main, names) + [""]
     if machine["not_trained"]:
         lines += [f"Not trained yet: {', '.join(machine['not_trained'])}.", ""]
     lines += targets(results) + ["", f"Ablation, size-stratified recall and plots: [{out}/README.md]({out}/README.md)."]
@@ -511,8 +583,11 @@ def write_plots(results: dict, out: Path) -> list[str]:
     save(fig, "miou_vs_gflops.png")
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(results) + 1), constrained_layout=True)
     labels = list(results)
-    ax.barh(labels, [results[k]["img_s"] for k in labels])
-    ax.set_xlabel("images / s (batch 1)")
+    base = Counter(r.get("measured") for r in results.values()).most_common(1)[0][0]
+    later = [results[k].get("measured") != base for k in labels]  # timed in another run: not comparable
+    ax.barh([k + (" (later run)" if x else "") for k, x in zip(labels, later)], [results[k]["img_s"] for k in labels],
+            hatch=["//" if x else "" for x in later], color=["0.7" if x else "C0" for x in later])
+    ax.set_xlabel("images / s (batch 1)" + ("; hatched: timed in a later run" if any(later) else ""))
     ax.invert_yaxis()
     save(fig, "img_s.png")
     merged = [k for k, r in results.items() if r["kind"] != "vit" and r["row"]["table"] == "main" and r["images"]]
@@ -568,6 +643,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds for img/s (default 3)")
     parser.add_argument("--num-images", type=int, default=None, metavar="N",
                         help="evaluate and time only the first N test images (default all 21)")
+    parser.add_argument("--keep-other-rows", action="store_true",
+                        help="keep the rows of OUT/results.json that this run does not measure (e.g. --rows vit_uper "
+                             "clustvit_k3_ip3_uper_from_vit added to an earlier table); speed-ups only against a ViT "
+                             "timed in the same run")
     parser.add_argument("--update-readme", type=Path, default=None, metavar="README",
                         help=f"also write Table I and the targets into README's section {README_SECTION}")
     args = parser.parse_args(argv)
@@ -581,12 +660,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.update_readme:
             check_section(args.update_readme, README_SECTION)
         select_rows(args.rows, args.ablation)  # a bad label fails before any training
+        command = command_line("clustvit_core.paper_tables", argv)
         results, machine = run(args.out, quick=args.quick, ablation=args.ablation, rows=args.rows, budget=args.budget,
-                      iters=args.iters, device=args.device, data_root=args.data_root, rounds=args.rounds,
-                      num_images=args.num_images)
-        if args.update_readme:
+                               iters=args.iters, device=args.device, data_root=args.data_root, rounds=args.rounds,
+                               num_images=args.num_images, keep_other_rows=args.keep_other_rows, command=command)
+        if args.update_readme:  # the command of the run whose rows these are first; later runs name theirs
             replace_section(args.update_readme, README_SECTION,
-                            f"`{command_line('clustvit_core.paper_tables', argv)}`\n\n{summary(results, machine, args.out)}")
+                            f"`{machine.get('command') or command}`\n\n{summary(results, machine, args.out)}")
         print(f"wrote {args.out / 'README.md'}, results.json, machine.json and plots")
     return 0
 

@@ -89,3 +89,62 @@ def test_training_order_puts_rows_made_from_trained_rows_first(tmp_path):
     order = [r.label for r in paper_tables.training_order(rows, tmp_path)]
     assert sorted(order) == sorted(by_label) and order.index("k3_ip6") < order.index("cts") < order.index("clustvit_k3_ip3_uper")
     assert order.index("clustvit_k3_ip3_from_vit_decregen") < order.index("cts")
+
+
+def _row(label: str, kind: str, head: str, img_s: float, gflops: float, miou: float, measured: str) -> dict:
+    """A results.json row with the fields the tables read (made up numbers)."""
+    row = next(r for r in paper_tables.table_rows(True) if r.label == label)
+    buckets = {b: 0.5 for b in paper_tables.BUCKET_NAMES}
+    return {"row": row.__dict__, "kind": kind, "head": head, "img_s": img_s, "miou": miou, "measured": measured,
+            "gflops": {"mean": gflops, "std": 0.0}, "tokens": {"mean": 100.0, "std": 0.0, "full_mean": 200.0},
+            "oracle_tokens": 100.0 if kind == "clustvit" else None, "class_names": ["soil", "crop", "weed"],
+            "per_class": {c: {"iou": miou} for c in ("soil", "crop", "weed")}, "images": [],
+            "gflops_parts": {"blocks": gflops, "cluster": 0.0, "regenerator": 0.0, "head": 0.0, "total": gflops},
+            "size_recall": {"mean": buckets, "objects": {b: 1 for b in buckets}}}
+
+
+def _machine(measured: str, rows: dict, images: int = 21) -> dict:
+    return {"cpu": "x86_64", "cpu_model": f"cpu of {measured}", "torch_threads": 2, "torch": "2.x", "measured": measured,
+            "command": f"command of {measured}", "iterations": {k: 1500 for k in rows}, "started_from": {},
+            "pretrained": ["dinov2_small"], "seed": 0, "images": images, "quick": False,
+            "not_trained": [k for k in ("vit_uper", "clustvit_k3_ip3_uper_from_vit") if k not in rows]}
+
+
+def test_keep_other_rows_merges_runs_and_compares_speed_only_within_a_run():
+    """--keep-other-rows: an earlier run's rows stay, this run's are added in table order; img/s ratios only against
+    the ViT timed in the same run; the later run is named with its machine and command; a run on other images fails."""
+    old = {"vit": _row("vit", "vit", "segmenter", 1.0, 200.0, 0.70, "A"),
+           "cts": _row("cts", "cts", "segmenter", 1.5, 150.0, 0.68, "A"),
+           "clustvit_k3_ip3_from_vit": _row("clustvit_k3_ip3_from_vit", "clustvit", "segmenter", 2.0, 80.0, 0.70, "A")}
+    new = {"vit_uper": _row("vit_uper", "vit", "uper", 0.5, 300.0, 0.72, "B"),
+           "clustvit_k3_ip3_uper_from_vit": _row("clustvit_k3_ip3_uper_from_vit", "clustvit", "uper", 0.9, 150.0, 0.71, "B")}
+    results, machine = paper_tables.merge_runs(old, _machine("A", old), new, _machine("B", new))
+    assert list(results)[:3] == ["vit", "cts", "clustvit_k3_ip3_from_vit"] and set(results) == set(old) | set(new)
+    assert machine["measured"] == "A" and machine["not_trained"] == [] and set(machine["iterations"]) == set(results)
+    assert [(r["measured"], r["rows"]) for r in machine["later_runs"]] == [("B", list(new))]
+    uper = paper_tables._vs_vit(results, "clustvit_k3_ip3_uper_from_vit")
+    assert uper["speedup"] == pytest.approx(1.8) and uper["gflops_ratio"] == pytest.approx(2.0)
+    assert paper_tables._vs_vit(results, "clustvit_k3_ip3_from_vit")["speedup"] == pytest.approx(2.0)
+    # the Segmenter ViT measured anew: the old Segmenter rows keep mIoU and GFLOP ratios, lose their speed-ups
+    again, machine2 = paper_tables.merge_runs(results, machine, {"vit": _row("vit", "vit", "segmenter", 3.0, 200.0, 0.70, "C")},
+                                              _machine("C", {"vit": 1}))
+    rel = paper_tables._vs_vit(again, "clustvit_k3_ip3_from_vit")
+    assert rel["speedup"] is None and rel["gflops_ratio"] == pytest.approx(2.5)
+    assert [(r["measured"], r["rows"]) for r in machine2["later_runs"]] == [("B", list(new)), ("C", ["vit"])]
+    line = next(x for x in paper_tables.table(again, ["clustvit_k3_ip3_from_vit"], ["soil"]) if x.startswith("| clustvit"))
+    assert line.endswith("| 2.50× | – | – | +0.0 |")
+    text = paper_tables.summary(again, machine2, Path("results"))
+    assert "vit_uper, clustvit_k3_ip3_uper_from_vit: trained, evaluated and timed in a later run (B; cpu of B" in text
+    assert "by `command of B`" in text and "vit: trained, evaluated and timed in a later run (C" in text
+    targets = "\n".join(paper_tables.targets(again))
+    assert "beaten by" not in targets  # CTS was timed with run A, the ClustViTs' ViT with C: img/s not compared
+    with pytest.raises(paper_tables.ConfigError, match="measured 21 images.*this one 2"):
+        paper_tables.merge_runs(old, _machine("A", old), new, _machine("B", new, images=2))
+
+
+def test_keep_other_rows_without_an_earlier_run_fails_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        paper_tables.main(["--out", str(tmp_path), "--quick", "--rows", "vit", "--keep-other-rows"])
+    err = capsys.readouterr().err
+    assert "--keep-other-rows: cannot read the earlier run's" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # nothing trained
