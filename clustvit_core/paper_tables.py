@@ -23,7 +23,8 @@ starting new trainings after that much training time (the tables then hold the t
 missing ones; running again resumes). Interrupt at will: training resumes from its last checkpoint.
 `--rows ... --keep-other-rows` adds rows to an earlier run's tables (or measures them anew) without re-running
 the others: mIoU, tokens and GFLOPs do not depend on the run; img/s does, so each row says which run timed it
-and speed-ups are taken only against a ViT timed in the same run.
+and speed-ups are taken only against a ViT timed in the same run. `--render` rewrites the reports from OUT/*.json
+without measuring anything (the test suite checks that the committed ones are exactly that).
 
 `--quick` runs the whole pipeline with tiny models, 2 iterations and 2 test images (the test suite's run).
 """
@@ -330,18 +331,23 @@ def run(out: Path, *, quick: bool = False, ablation: bool = False, rows: list[st
         results, machine = merge_runs(*previous, results, machine)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (out / "machine.json").write_text(json.dumps(machine, indent=2))
-    plots = write_plots(results, out)
-    (out / "README.md").write_text(report(results, machine, plots))
+    write_report(results, machine, out)
     return results, machine
 
 
-def read_previous(out: Path) -> tuple[dict, dict]:
-    """(results, machine) of an earlier run in OUT, for --keep-other-rows."""
+def write_report(results: dict, machine: dict, out: Path) -> None:
+    """OUT/README.md and the plots, from what results.json and machine.json hold (also `--render`)."""
+    plots = write_plots(results, out)
+    (out / "README.md").write_text(report(results, machine, plots))
+
+
+def read_previous(out: Path, option: str = "--keep-other-rows") -> tuple[dict, dict]:
+    """(results, machine) of an earlier run in OUT, for --keep-other-rows and --render."""
     try:
         return tuple(json.loads((out / name).read_text()) for name in ("results.json", "machine.json"))
     except (OSError, ValueError) as e:
-        raise ConfigError(f"--keep-other-rows: cannot read the earlier run's {out}/results.json and machine.json "
-                          f"({e}); run without --keep-other-rows to measure every row anew") from e
+        raise ConfigError(f"{option}: cannot read the earlier run's {out}/results.json and machine.json "
+                          f"({e}); run without {option} to measure every row anew") from e
 
 
 def merge_runs(old_results: dict, old_machine: dict, new_results: dict, new_machine: dict) -> tuple[dict, dict]:
@@ -647,6 +653,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the rows of OUT/results.json that this run does not measure (e.g. --rows vit_uper "
                              "clustvit_k3_ip3_uper_from_vit added to an earlier table); speed-ups only against a ViT "
                              "timed in the same run")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: rewrite OUT/README.md, the plots and (with --update-readme) the README "
+                             "section from OUT/results.json and machine.json, e.g. after a change to the report's code")
     parser.add_argument("--update-readme", type=Path, default=None, metavar="README",
                         help=f"also write Table I and the targets into README's section {README_SECTION}")
     args = parser.parse_args(argv)
@@ -657,17 +666,24 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--num-images {args.num_images}: must be >= 1")
         if args.budget is not None and args.budget < 0:
             raise ConfigError(f"--budget {args.budget:g}: minutes of training, >= 0")
+        if args.render and (args.rows or args.keep_other_rows or args.quick or args.ablation):
+            raise ConfigError("--render measures nothing and keeps every row of OUT/results.json; drop --rows, "
+                              "--keep-other-rows, --quick and --ablation")
         if args.update_readme:
             check_section(args.update_readme, README_SECTION)
         select_rows(args.rows, args.ablation)  # a bad label fails before any training
         command = command_line("clustvit_core.paper_tables", argv)
-        results, machine = run(args.out, quick=args.quick, ablation=args.ablation, rows=args.rows, budget=args.budget,
-                               iters=args.iters, device=args.device, data_root=args.data_root, rounds=args.rounds,
-                               num_images=args.num_images, keep_other_rows=args.keep_other_rows, command=command)
-        if args.update_readme:  # the command of the run whose rows these are first; later runs name theirs
+        if args.render:
+            results, machine = read_previous(args.out, "--render")
+            write_report(results, machine, args.out)
+        else:
+            results, machine = run(args.out, quick=args.quick, ablation=args.ablation, rows=args.rows, budget=args.budget,
+                                   iters=args.iters, device=args.device, data_root=args.data_root, rounds=args.rounds,
+                                   num_images=args.num_images, keep_other_rows=args.keep_other_rows, command=command)
+        if args.update_readme:  # the command of the run whose rows these are first; later runs name theirs (in summary)
             replace_section(args.update_readme, README_SECTION,
                             f"`{machine.get('command') or command}`\n\n{summary(results, machine, args.out)}")
-        print(f"wrote {args.out / 'README.md'}, results.json, machine.json and plots")
+        print(f"wrote {args.out / 'README.md'}" + (" and plots" if args.render else ", results.json, machine.json and plots"))
     return 0
 
 

@@ -148,3 +148,21 @@ def test_keep_other_rows_without_an_earlier_run_fails_in_one_line(tmp_path, caps
     err = capsys.readouterr().err
     assert "--keep-other-rows: cannot read the earlier run's" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+def test_committed_tables_are_what_the_command_writes(tmp_path, monkeypatch):
+    """results/README.md and the README's paper-tables section are exactly what `--render` writes from the
+    committed results/*.json (no hand-edited figure); --render measures nothing and keeps the section's command."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "results"
+    out.mkdir()
+    for name in ("results.json", "machine.json"):
+        (out / name).write_text((root / "results" / name).read_text())
+    readme = tmp_path / "README.md"
+    readme.write_text((root / "README.md").read_text())
+    monkeypatch.chdir(tmp_path)  # the section links results/README.md as the command names it
+    assert paper_tables.main(["--out", "results", "--render", "--update-readme", "README.md"]) == 0
+    assert (out / "README.md").read_text() == (root / "results" / "README.md").read_text()
+    assert readme.read_text() == (root / "README.md").read_text()
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in (root / "results").glob("*.png"))
+    assert not (out / "runs").exists()
