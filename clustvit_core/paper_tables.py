@@ -17,7 +17,7 @@ images, interleaved rounds, median) and writes OUT/README.md (tables, the issue'
 size-stratified recall, plots: mIoU vs GFLOPs, img/s bars, tokens per image), OUT/results.json and
 OUT/machine.json (CPU, threads, torch version, GPU if any, seeds, iterations, pretrained start).
 
-On this 2-core CPU a CWFID model trains from the pretrained start in 1-2 hours (UPerNet the longest), one made from a trained row
+On this 2-core CPU a CWFID model trains from the pretrained start in 1-3 hours (UPerNet the longest: about 3 hours on 2026-12-01), one made from a trained row
 in minutes; the rows made from trained rows train first. `--rows` picks models, `--budget MINUTES` stops
 starting new trainings after that much training time (the tables then hold the trained rows and name the
 missing ones; running again resumes). Interrupt at will: training resumes from its last checkpoint.
